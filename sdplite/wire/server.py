@@ -1,0 +1,204 @@
+"""A gRPC server on a Unix socket: listen, accept, stop.
+
+One thread accepts; each connection gets a reader thread
+(:class:`.server_connection.ServerConnection`); handlers run on a shared
+:class:`.workers.WorkerPool`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from .framing import DEFAULT_MAX_MESSAGE
+from .handlers import Method
+from .server_connection import ServerConnection
+from .status import StatusCode
+from .workers import WorkerPool
+
+__all__ = ["Server", "MAX_UNIX_PATH"]
+
+log = logging.getLogger("sdplite.wire")
+
+#: sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_UNIX_PATH = 107
+
+
+class Server:
+    """Serves registered methods on one Unix socket path.
+
+    ``stop(grace)`` is graceful: no new connections or calls, streams are
+    ended with UNAVAILABLE, unary calls get ``grace`` seconds to finish, then
+    connections get GOAWAY and close and the socket file is removed.
+    ``stop(0)`` does the same without waiting.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        methods: Iterable[Method[Any]] = (),
+        *,
+        max_receive_message: int = DEFAULT_MAX_MESSAGE,
+        max_workers: int = 256,
+        worker_idle_timeout: float = 10.0,
+        max_concurrent_streams: int = 100,
+        max_header_list_size: int = 16 * 1024,
+        stream_window: int = 1024 * 1024,
+        connection_window: int = 4 * 1024 * 1024,
+        socket_mode: int = 0o600,
+        backlog: int = 64,
+    ) -> None:
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise ValueError(
+                f"socket path {path!r} is {len(os.fsencode(path))} bytes; a Unix socket path "
+                f"must be at most {MAX_UNIX_PATH}: use a shorter directory or name"
+            )
+        self.path = path
+        self.methods: dict[str, Method[Any]] = {}
+        self.services: set[str] = set()
+        self._listener: Optional[socket.socket] = None
+        for method in methods:
+            self.add_method(method)
+        self.max_receive_message = max_receive_message
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_header_list_size = max_header_list_size
+        self.stream_window = stream_window
+        self.connection_window = max(connection_window, 65535)
+        self.socket_mode = socket_mode
+        self.backlog = backlog
+        self.pool = WorkerPool(max_workers=max_workers, idle_timeout=worker_idle_timeout, name="sdplite")
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._connections: set[ServerConnection] = set()
+        self._accept_thread: Optional[threading.Thread] = None
+        self._inode: Optional[tuple[int, int]] = None
+        self._count = 0
+        self._idle = threading.Condition(self._lock)
+
+    def add_method(self, method: Method[Any]) -> None:
+        if self._listener is not None:
+            raise RuntimeError("add methods before start()")
+        self.methods[method.path] = method
+        self.services.add(method.path.split("/")[1])
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and listen (the socket file must not exist), then accept in a thread."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_umask = os.umask(0o777 & ~self.socket_mode)
+            try:
+                listener.bind(self.path)
+            finally:
+                os.umask(old_umask)
+            os.chmod(self.path, self.socket_mode)
+            listener.listen(self.backlog)
+            st = os.stat(self.path)
+        except BaseException:
+            listener.close()
+            raise
+        self._inode = (st.st_dev, st.st_ino)
+        self._listener = listener
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop,
+            name=f"sdplite-accept-{os.path.basename(self.path)}",
+            daemon=True,
+        )
+        self._accept_thread.start()
+        log.debug("serving on %s", self.path)
+
+    def __enter__(self) -> Server:
+        if self._listener is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0)
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def owns_socket(self) -> bool:
+        """True while the socket file at ``path`` is the one we bound."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        return stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._inode
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                if self.stopping or listener.fileno() < 0:
+                    return
+                time.sleep(0.05)  # EMFILE and friends: back off rather than spin
+                continue
+            with self._lock:
+                if self.stopping:
+                    sock.close()
+                    return
+                self._count += 1
+                conn = ServerConnection(sock, self, self._count)
+                self._connections.add(conn)
+            try:
+                conn.start()
+            except Exception:
+                log.exception("could not start a connection on %s", self.path)
+                conn.close(graceful=False)
+
+    def _connection_closed(self, conn: ServerConnection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+            self._idle.notify_all()
+
+    def stop(self, grace: Optional[float] = 5.0) -> None:
+        """Stop serving; see the class docstring. Safe to call more than once."""
+        with self._lock:
+            first = not self.stopping
+            self.stopping = True
+            connections = list(self._connections)
+        listener = self._listener
+        if first and listener is not None:
+            self._close_listener(listener)
+        # End the open streams with a status the client can read.
+        for conn in connections:
+            with conn.lock:
+                for call in list(conn.calls.values()):
+                    if call.stream is not None and not call.stream.ended:
+                        call.stream.end(StatusCode.UNAVAILABLE, "server is shutting down")
+        deadline = time.monotonic() + (grace or 0.0)
+        for conn in connections:
+            conn.wait_idle(max(0.0, deadline - time.monotonic()))
+        for conn in connections:
+            conn.close(graceful=True)
+        for conn in connections:
+            conn.join(5.0)
+        if self._accept_thread is not None and self._accept_thread is not threading.current_thread():
+            self._accept_thread.join(5.0)
+        self.pool.close(timeout=5.0)
+
+    def _close_listener(self, listener: socket.socket) -> None:
+        # Remove the file only if it is still ours: a new server may own the path.
+        if self.owns_socket():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+        except OSError:
+            pass
+        listener.close()

@@ -1,0 +1,88 @@
+"""Shared fixtures: short socket directories, peers, and resource counting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from echo_service import GrpcioClient, GrpcioServer, Hub, SdpliteClient, serve_sdplite, socket_dir
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    path = socket_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Pair:
+    """A client of one implementation talking to a server of another."""
+
+    def __init__(self, client_kind: str, server_kind: str, directory: str) -> None:
+        self.path = os.path.join(directory, "echo.sock")
+        self.hub = Hub()
+        self.server_kind = server_kind
+        self.client_kind = client_kind
+        if server_kind == "sdplite":
+            self.server: Any = serve_sdplite(self.path, self.hub)
+        else:
+            self.server = GrpcioServer(self.path, self.hub)
+        self.clients: list[Any] = []
+
+    def client(self) -> Any:
+        client = (SdpliteClient if self.client_kind == "sdplite" else GrpcioClient)(self.path)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.server.stop(0)
+
+
+PAIRS = [("grpcio", "sdplite"), ("sdplite", "grpcio"), ("sdplite", "sdplite")]
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{c}-client-{s}-server" for c, s in PAIRS])
+def pair(request: Any, sock_dir: str) -> Iterator[Pair]:
+    p = Pair(request.param[0], request.param[1], sock_dir)
+    yield p
+    p.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a predicate until it holds; fail the test with ``what`` if it never does."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def thread_count() -> int:
+    return threading.active_count()
+
+
+@pytest.fixture
+def baseline() -> Callable[[], None]:
+    """Returns a check that thread and fd counts are back to where the test began."""
+    threads, fds = thread_count(), fd_count()
+
+    def check() -> None:
+        wait_until(
+            lambda: thread_count() <= threads and fd_count() <= fds,
+            what=f"threads {thread_count()} -> {threads} and fds {fd_count()} -> {fds}: "
+            f"{[t.name for t in threading.enumerate()]}",
+        )
+
+    return check

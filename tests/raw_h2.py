@@ -1,0 +1,107 @@
+"""A hand-driven HTTP/2 client for protocol tests: we choose every frame it sends.
+
+Used where grpcio cannot be made to misbehave: compressed flags, garbage
+protobuf, tiny windows, resets at odd moments.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, Callable, Optional
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+
+def grpc_frame(payload: bytes, compressed: bool = False) -> bytes:
+    return struct.pack(">BI", int(compressed), len(payload)) + payload
+
+
+def request_headers(path: str, **extra: str) -> list[tuple[str, str]]:
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    return headers + [(k.replace("_", "-"), v) for k, v in extra.items()]
+
+
+class RawClient:
+    def __init__(self, path: str, settings: Optional[dict[int, int]] = None, preface: bool = True) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self.events: list[Any] = []
+        if preface:
+            if settings:
+                self.h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
+            self.h2.initiate_connection()
+            self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def read_once(self) -> list[Any]:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        events = self.h2.receive_data(data)
+        self.flush()
+        self.events.extend(events)
+        return events
+
+    def read_until(self, predicate: Callable[[Any], bool]) -> Any:
+        """Read until an event matching ``predicate`` arrives; return it."""
+        for event in self.events:
+            if predicate(event):
+                self.events.remove(event)
+                return event
+        while True:
+            for event in self.read_once():
+                if predicate(event):
+                    self.events.remove(event)
+                    return event
+
+    def call(self, path: str, body: bytes, end: bool = True, **headers: str) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, request_headers(path, **headers))
+        if not body and end:
+            self.h2.send_data(sid, b"", end_stream=True)
+        size = self.h2.max_outbound_frame_size
+        for start in range(0, len(body), size):
+            last = start + size >= len(body)
+            self.h2.send_data(sid, body[start : start + size], end_stream=end and last)
+        self.flush()
+        return sid
+
+    def status(self, sid: int) -> tuple[int, str]:
+        """Read to the end of a stream; return (grpc-status, grpc-message)."""
+        found: dict[str, str] = {}
+
+        def done(event: Any) -> bool:
+            if (
+                isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived))
+                and event.stream_id == sid
+            ):
+                found.update(dict(event.headers))
+                return "grpc-status" in found
+            return isinstance(event, h2.events.StreamReset) and event.stream_id == sid
+
+        event = self.read_until(done)
+        if isinstance(event, h2.events.StreamReset):
+            return -int(event.error_code), "reset"
+        return int(found["grpc-status"]), found.get("grpc-message", "")
+
+    def close(self) -> None:
+        self.sock.close()

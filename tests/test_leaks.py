@@ -1,0 +1,92 @@
+"""Threads and file descriptors come back to their baseline after connections and streams end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from typing import Callable
+
+from google.protobuf.wrappers_pb2 import BytesValue, StringValue
+
+from sdplite.wire import Channel, GrpcError, Server, StatusCode
+
+from conftest import fd_count, thread_count, wait_until
+from echo_service import ECHO, WATCH, Hub, serve_sdplite
+
+HERE = os.path.dirname(__file__)
+
+
+def _running_baseline(server: Server) -> Callable[[], None]:
+    """Counts of a started, idle server; the returned check waits to get back to them."""
+    threads, fds = thread_count(), fd_count()
+
+    def check() -> None:
+        wait_until(lambda: server.connection_count == 0, what="connections to close")
+        wait_until(
+            lambda: thread_count() == threads and fd_count() == fds,
+            what=f"threads {thread_count()} -> {threads}, fds {fd_count()} -> {fds}",
+        )
+
+    return check
+
+
+def test_grpcio_churn_leaves_no_threads_or_fds(sock_dir: str, baseline: Callable[[], None]) -> None:
+    """200 grpcio connections opened and closed, 200 grpcio streams cancelled: nothing leaks.
+
+    The grpcio client runs in its own process, so every thread and fd counted
+    here belongs to our server, which keeps running throughout.
+    """
+    path = os.path.join(sock_dir, "s.sock")
+    hub = Hub()
+    server = serve_sdplite(path, hub, worker_idle_timeout=0.1)
+    try:
+        running = _running_baseline(server)
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "grpcio_churn.py"), path, "200", "200"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        running()
+        assert not any(hub.watchers.values()), "a cancelled stream's watcher survived"
+    finally:
+        server.stop(0)
+    baseline()
+    assert not os.path.exists(path)
+
+
+def test_our_client_churn_and_abrupt_disconnects_leave_nothing(
+    sock_dir: str, baseline: Callable[[], None]
+) -> None:
+    """Channels opened and closed, streams cancelled, sockets dropped mid-stream: nothing leaks."""
+    path = os.path.join(sock_dir, "s.sock")
+    hub = Hub()
+    server = serve_sdplite(path, hub, worker_idle_timeout=0.1)
+    try:
+        running = _running_baseline(server)
+        for _ in range(200):
+            with Channel(path) as channel:
+                assert channel.unary(ECHO, BytesValue(value=b"a"), BytesValue).value == b"a"
+        with Channel(path) as channel:
+            for i in range(200):
+                stream = channel.server_streaming(WATCH, StringValue(value=f"greet:{i}"), StringValue)
+                assert next(stream).value == "hello"
+                stream.cancel()
+        for i in range(20):  # a peer that vanishes with a stream open
+            channel = Channel(path)
+            stream = channel.server_streaming(WATCH, StringValue(value=f"greet:drop{i}"), StringValue)
+            assert next(stream).value == "hello"
+            channel._conn.sock.shutdown(socket.SHUT_RDWR)
+            try:
+                next(stream)
+            except GrpcError as exc:
+                assert exc.code == StatusCode.UNAVAILABLE
+            channel.close()
+        running()
+        assert not any(hub.watchers.values()), "a cancelled stream's watcher survived"
+    finally:
+        server.stop(0)
+    baseline()
