@@ -1,3 +1,33 @@
-"""sdplite: Kubernetes device plugins in a few lines of Python, on h2 instead of grpcio."""
+"""sdplite: Kubernetes device plugins in a few lines of Python, on h2 instead of grpcio.
+
+>>> from sdplite import build
+>>> build("example.com/superdisk", "superdisk.sock", get_devices).run()  # doctest: +SKIP
+"""
 
 __version__ = "0.1.0"
+
+from .devices import Allocation, Device, DeviceListError, DeviceNode, Mount
+from .impl import DevicePluginImpl, Watch
+from .lifecycle import PluginError
+from .naming import InvalidNameError
+from .plugin import DevicePlugin, build
+from .supervisor import run
+from .wire import GrpcError, StatusCode
+
+__all__ = [
+    "Allocation",
+    "Device",
+    "DeviceListError",
+    "DeviceNode",
+    "DevicePlugin",
+    "DevicePluginImpl",
+    "GrpcError",
+    "InvalidNameError",
+    "Mount",
+    "PluginError",
+    "StatusCode",
+    "Watch",
+    "__version__",
+    "build",
+    "run",
+]

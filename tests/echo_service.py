@@ -155,7 +155,15 @@ class GrpcioServer:
         def watch(request: StringValue, context: Any) -> Any:
             name = request.value
             items: queue.Queue[Any] = queue.Queue()
-            context.add_callback(lambda: items.put(None))
+            ended = threading.Event()
+
+            def on_done() -> None:
+                # grpcio may close the generator itself on cancel, so note it here.
+                if not ended.is_set():
+                    hub.event(hub.cancelled, name).set()
+                items.put(None)
+
+            context.add_callback(on_done)
             if name.startswith("greet:"):
                 items.put("hello")
             hub.subscribe(name, items.put)
@@ -163,9 +171,9 @@ class GrpcioServer:
                 while True:
                     item = items.get()
                     if item is None:
-                        hub.event(hub.cancelled, name).set()
                         return
                     if item is _END:
+                        ended.set()
                         return
                     yield StringValue(value=item)
             finally:

@@ -1,0 +1,250 @@
+"""Devices as data: what a node has and what a container that gets one needs.
+
+A :class:`Device` carries its ID, health, NUMA nodes and everything the
+default Allocate hands to a container (device nodes, mounts, env vars,
+annotations, CDI names). Protobuf ``Device`` messages are accepted too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from .api import deviceplugin_pb2 as pb
+from .api.paths import HEALTHY, UNHEALTHY
+
+__all__ = [
+    "Device",
+    "DeviceNode",
+    "Mount",
+    "Allocation",
+    "DeviceListError",
+    "MAX_LIST_BYTES",
+    "normalize_devices",
+    "encode_device_list",
+    "default_allocation",
+]
+
+#: The kubelet's receive limit, which a ListAndWatch message must fit (with its 5-byte prefix).
+MAX_LIST_BYTES = 4 * 1024 * 1024 - 5
+
+
+class DeviceListError(ValueError):
+    """A device list the kubelet could not use; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """A device node to create in the container (``DeviceSpec``)."""
+
+    host_path: str
+    container_path: Optional[str] = None  # defaults to host_path
+    permissions: str = "rw"  # any of r, w, m
+
+    def to_proto(self) -> pb.DeviceSpec:
+        return pb.DeviceSpec(
+            host_path=self.host_path,
+            container_path=self.container_path or self.host_path,
+            permissions=self.permissions,
+        )
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path to mount into the container."""
+
+    host_path: str
+    container_path: Optional[str] = None  # defaults to host_path
+    read_only: bool = True
+
+    def to_proto(self) -> pb.Mount:
+        return pb.Mount(
+            host_path=self.host_path,
+            container_path=self.container_path or self.host_path,
+            read_only=self.read_only,
+        )
+
+
+def _freeze(mapping: Optional[Mapping[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((mapping or {}).items()))
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device as the kubelet sees it, plus what a container that gets it needs.
+
+    >>> Device("disk-0", numa_nodes=[0], nodes=[DeviceNode("/dev/sdb")], envs={"DISK": "sdb"})
+    """
+
+    id: str
+    healthy: bool = True
+    numa_nodes: Sequence[int] = ()
+    nodes: Sequence[DeviceNode] = ()
+    mounts: Sequence[Mount] = ()
+    envs: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    cdi_devices: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        # Frozen and hashable: sequences become tuples, mappings sorted tuples.
+        object.__setattr__(self, "numa_nodes", tuple(self.numa_nodes))
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "mounts", tuple(self.mounts))
+        object.__setattr__(self, "cdi_devices", tuple(self.cdi_devices))
+        object.__setattr__(self, "envs", dict(_freeze(self.envs)))
+        object.__setattr__(self, "annotations", dict(_freeze(self.annotations)))
+
+    def __hash__(self) -> int:
+        return hash(
+            (
+                self.id,
+                self.healthy,
+                self.numa_nodes,
+                self.nodes,
+                self.mounts,
+                _freeze(self.envs),
+                _freeze(self.annotations),
+                self.cdi_devices,
+            )
+        )
+
+    @property
+    def health(self) -> str:
+        return HEALTHY if self.healthy else UNHEALTHY
+
+    def with_health(self, healthy: bool) -> Device:
+        """A copy with another health."""
+        return Device(
+            self.id,
+            healthy,
+            self.numa_nodes,
+            self.nodes,
+            self.mounts,
+            self.envs,
+            self.annotations,
+            self.cdi_devices,
+        )
+
+    def to_proto(self) -> pb.Device:
+        device = pb.Device(ID=self.id, health=self.health)
+        if self.numa_nodes:
+            device.topology.nodes.extend(pb.NUMANode(ID=n) for n in self.numa_nodes)
+        return device
+
+    @classmethod
+    def from_proto(cls, device: pb.Device) -> Device:
+        return cls(
+            id=device.ID,
+            healthy=device.health == HEALTHY,
+            numa_nodes=[n.ID for n in device.topology.nodes],
+        )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What one container gets: the friendly form of ``ContainerAllocateResponse``."""
+
+    envs: Mapping[str, str] = field(default_factory=dict)
+    mounts: Sequence[Mount] = ()
+    nodes: Sequence[DeviceNode] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    cdi_devices: Sequence[str] = ()
+
+    def to_proto(self) -> pb.ContainerAllocateResponse:
+        response = pb.ContainerAllocateResponse(
+            envs=dict(self.envs),
+            annotations=dict(self.annotations),
+            mounts=[m.to_proto() for m in self.mounts],
+            devices=[n.to_proto() for n in self.nodes],
+        )
+        response.cdi_devices.extend(pb.CDIDevice(name=name) for name in self.cdi_devices)
+        return response
+
+
+DeviceLike = Union[Device, "pb.Device", str]
+
+
+def _to_device(item: Any, index: int) -> Device:
+    if isinstance(item, Device):
+        return item
+    if isinstance(item, pb.Device):
+        return Device.from_proto(item)
+    if isinstance(item, str):
+        return Device(item)
+    raise DeviceListError(
+        f"device #{index} is a {type(item).__name__}; give sdplite.Device objects, "
+        f"v1beta1 Device messages or plain ID strings"
+    )
+
+
+def normalize_devices(devices: Any) -> tuple[Device, ...]:
+    """Check a device list and return it as :class:`Device` objects.
+
+    Refuses a non-sequence, items of the wrong type, empty or duplicate IDs,
+    NUMA node numbers that are not non-negative ints, and a list too large
+    for one ListAndWatch message.
+    """
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
+        raise DeviceListError(f"the device list must be a list of devices, not {type(devices).__name__}")
+    result = tuple(_to_device(item, i) for i, item in enumerate(devices))
+    seen: set[str] = set()
+    for i, device in enumerate(result):
+        if not isinstance(device.id, str) or not device.id:
+            raise DeviceListError(f"device #{i} has an empty ID: every device needs a unique ID")
+        if device.id in seen:
+            raise DeviceListError(f"device ID {device.id!r} appears twice: IDs must be unique")
+        seen.add(device.id)
+        for node in device.numa_nodes:
+            if not isinstance(node, int) or isinstance(node, bool) or node < 0:
+                raise DeviceListError(
+                    f"device {device.id!r} has NUMA node {node!r}: NUMA nodes are ints >= 0"
+                )
+    return result
+
+
+def encode_device_list(devices: Sequence[Device]) -> bytes:
+    """Serialise a ListAndWatchResponse once, for every watcher; refuse one over 4 MiB."""
+    message = pb.ListAndWatchResponse(devices=[d.to_proto() for d in devices])
+    data = message.SerializeToString()
+    if len(data) > MAX_LIST_BYTES:
+        raise DeviceListError(
+            f"{len(devices)} devices make a {len(data)}-byte ListAndWatch message, over the "
+            f"kubelet's 4 MiB limit ({MAX_LIST_BYTES} bytes): use shorter IDs or fewer devices "
+            f"per resource (split them across several resources)"
+        )
+    return data
+
+
+def default_allocation(devices: Mapping[str, Device], device_ids: Sequence[str]) -> Allocation:
+    """What a container gets for ``device_ids``, from the devices' own data.
+
+    Unknown or unhealthy IDs are refused with :class:`LookupError`, which the
+    plugin turns into INVALID_ARGUMENT. Env vars set by several devices to
+    different values are joined with commas, in request order.
+    """
+    if not device_ids:
+        raise LookupError("the request names no devices")
+    unknown = [i for i in device_ids if i not in devices]
+    if unknown:
+        raise LookupError(f"unknown device IDs {unknown}")
+    unhealthy = [i for i in device_ids if not devices[i].healthy]
+    if unhealthy:
+        raise LookupError(f"cannot allocate unhealthy devices {unhealthy}")
+    envs: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    nodes: list[DeviceNode] = []
+    mounts: list[Mount] = []
+    cdi: list[str] = []
+    for device_id in device_ids:
+        device = devices[device_id]
+        for key, value in device.envs.items():
+            if key in envs and value not in envs[key].split(","):
+                envs[key] = f"{envs[key]},{value}"
+            else:
+                envs.setdefault(key, value)
+        annotations.update(device.annotations)
+        nodes += [n for n in device.nodes if n not in nodes]
+        mounts += [m for m in device.mounts if m not in mounts]
+        cdi += [c for c in device.cdi_devices if c not in cdi]
+    return Allocation(envs=envs, mounts=mounts, nodes=nodes, annotations=annotations, cdi_devices=cdi)

@@ -1,0 +1,361 @@
+"""One plugin's life: serve, register, notice kubelet restarts, start over.
+
+A :class:`Controller` is driven by the supervisor thread alone
+(:mod:`.supervisor`) through :meth:`Controller.step`; other threads only ask
+for a restart and wake the supervisor. The order is the kubelet's
+(KUBELET.md 2 and 4): serve first, then Register (the kubelet dials back
+before it answers); on a restart end the old streams, ``destroy()``, start a
+fresh server, ``refresh()``, register again.
+
+A restart is due when our socket is gone or replaced, when ``kubelet.sock``
+is re-created, when the kubelet ends our ListAndWatch stream, or on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from .impl import SimpleImpl, Watch, has_hook
+from .registration import RegisterAttempt, RegisterOutcome
+from .service import device_plugin_methods, plugin_options
+from .wire import Server, ServerContext
+
+if TYPE_CHECKING:
+    from .plugin import DevicePlugin
+
+__all__ = ["Controller", "PluginError"]
+
+log = logging.getLogger("sdplite")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 5.0
+#: How long to wait for a flexible impl's first list before registering.
+FIRST_LIST_WAIT = 2.0
+#: After the kubelet ends our stream, how long to wait for signs of a kubelet
+#: restart (sockets wiped, kubelet.sock re-created) before restarting anyway.
+STREAM_LOSS_GRACE = 1.0
+
+
+class PluginError(RuntimeError):
+    """The plugin cannot run: the message says why and what to change."""
+
+
+def _file_id(path: str) -> Optional[tuple[int, int]]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def clear_stale_socket(path: str) -> None:
+    """Remove a leftover socket at ``path``, but only if nobody listens on it.
+
+    Never follows a symlink and never removes anything that is not a socket.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a socket"
+        raise PluginError(f"{path} exists and is {kind}: remove it or choose another socket name")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise PluginError(f"cannot tell whether {path} is in use: {exc}") from None
+    else:
+        raise PluginError(f"another process is serving on {path}: stop it or choose another socket name")
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+        log.info("removed stale socket %s", path)
+    except FileNotFoundError:
+        pass
+
+
+class Controller:
+    def __init__(self, plugin: DevicePlugin, wake: Callable[[], None]) -> None:
+        self.plugin = plugin
+        self._wake = wake
+        self.server: Optional[Server] = None
+        self.generation = 0
+        self.registered = threading.Event()
+        self.fatal: Optional[str] = None
+        self._restart_reason: Optional[str] = None
+        self._lock = threading.Lock()
+        self._next_register = 0.0
+        self._backoff = BACKOFF_FIRST
+        self._kubelet_id: Optional[tuple[int, int]] = None
+        self._next_scan = 0.0
+        self._dir_missing_logged = False
+        self._watch_stop = threading.Event()
+        self._watch_thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self._stream_lost_at: Optional[float] = None
+        self._attempt: Optional[RegisterAttempt] = None
+        self._attempt_thread: Optional[threading.Thread] = None
+        self._attempt_generation = 0
+        self._attempt_kubelet_id: Optional[tuple[int, int]] = None
+
+    # -- requests from other threads -------------------------------------------
+
+    def request_restart(self, reason: str) -> None:
+        with self._lock:
+            if self._restart_reason is None:
+                self._restart_reason = reason
+        self._wake()
+
+    def request_register(self) -> None:
+        """Try to register at once (e.g. kubelet.sock just appeared)."""
+        self._next_register = 0.0
+
+    def request_scan(self) -> None:
+        self._next_scan = 0.0
+        self._wake()
+
+    # -- the supervisor's step ---------------------------------------------------
+
+    def step(self, now: float) -> float:
+        """Do whatever is due; return when to be called again (monotonic time)."""
+        if self.fatal:
+            return float("inf")
+        reason, recheck_at = self._restart_due(now)
+        if reason is not None and self.server is not None:
+            log.info("%s: restarting: %s", self.plugin.resource_name, reason)
+            self._stop_server()
+        if self.server is None:
+            if not self._start_server():
+                return now + 0.5
+        wake_at = now + 60.0 if recheck_at is None else recheck_at
+        if isinstance(self.plugin.impl, SimpleImpl):
+            if now >= self._next_scan:
+                self._scan()
+                self._next_scan = now + self.plugin.impl.interval
+            wake_at = min(wake_at, self._next_scan)
+        self._collect_registration(now)
+        if not self.registered.is_set() and not self.fatal and self._attempt is None:
+            if now >= self._next_register:
+                self._start_registration()
+            else:
+                wake_at = min(wake_at, self._next_register)
+        return wake_at
+
+    def _restart_due(self, now: float) -> tuple[Optional[str], Optional[float]]:
+        """Why the server must restart now (or None), and when to look again."""
+        with self._lock:
+            reason, self._restart_reason = self._restart_reason, None
+        if reason is not None:
+            return reason, None
+        server = self.server
+        if server is None:
+            return None, None
+        if not server.owns_socket():
+            return f"our socket {server.path} was removed or replaced", None
+        if not self.registered.is_set():
+            return None, None
+        current = _file_id(self.plugin.kubelet_socket)
+        if current is not None and current != self._kubelet_id:
+            return "kubelet.sock was re-created (kubelet restart)", None
+        lost_at = self._stream_lost_at
+        if lost_at is not None and current is not None:
+            # The kubelet is (still) there but dropped our stream. A restarting
+            # kubelet wipes our socket next: give it a moment, to restart once.
+            if now - lost_at >= STREAM_LOSS_GRACE:
+                return "the kubelet ended our ListAndWatch stream", None
+            return None, lost_at + STREAM_LOSS_GRACE
+        return None, None
+
+    # -- serving -----------------------------------------------------------------
+
+    def _start_server(self) -> bool:
+        plugin = self.plugin
+        if not os.path.isdir(plugin.plugin_dir):
+            if not self._dir_missing_logged:
+                log.warning("%s: waiting for %s to exist", plugin.resource_name, plugin.plugin_dir)
+                self._dir_missing_logged = True
+            return False
+        self._dir_missing_logged = False
+        try:
+            clear_stale_socket(plugin.socket_path)
+            self.generation += 1
+            generation = self.generation
+            methods = device_plugin_methods(
+                plugin.impl, plugin.state, lambda ctx: self._stream_ended(ctx, generation)
+            )
+            server = Server(plugin.socket_path, methods, **plugin.server_options)
+            server.start()
+        except PluginError as exc:
+            self.fatal = str(exc)
+            log.error("%s: %s", plugin.resource_name, exc)
+            return False
+        except OSError as exc:
+            log.error("%s: cannot serve on %s: %s", plugin.resource_name, plugin.socket_path, exc)
+            return False
+        self.server = server
+        self._call_hook("refresh")
+        self._start_watch()
+        self._next_register = 0.0
+        self._backoff = BACKOFF_FIRST
+        return True
+
+    def _stop_server(self) -> None:
+        self.registered.clear()
+        self._stream_lost_at = None
+        self._abandon_registration()
+        self.plugin.state.end_streams()
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop(grace=1.0)
+        self._stop_watch()
+        self._call_hook("destroy")
+
+    def _stream_ended(self, context: ServerContext, generation: int) -> None:
+        # Only the current server's streams count, and only ends the kubelet caused.
+        if generation == self.generation and context.cancelled() and not self._stopping:
+            server = self.server
+            if server is not None and not server.stopping and self.registered.is_set():
+                self._stream_lost_at = time.monotonic()
+                self._wake()
+
+    # -- the device list ---------------------------------------------------------
+
+    def _scan(self) -> None:
+        impl = self.plugin.impl
+        assert isinstance(impl, SimpleImpl)
+        devices = impl.scan()
+        if devices is not None:
+            self.plugin.state.publish(devices)
+
+    def _start_watch(self) -> None:
+        impl = self.plugin.impl
+        if isinstance(impl, SimpleImpl):
+            self._next_scan = 0.0
+            self._scan()
+            self._next_scan = time.monotonic() + impl.interval
+            return
+        self._watch_stop = threading.Event()
+        watch = Watch(self.plugin._publish_from_impl, self._watch_stop)
+        self._watch_thread = threading.Thread(
+            target=self._run_watch,
+            args=(impl, watch),
+            daemon=True,
+            name=f"sdplite-list-and-watch-{self.plugin.socket_name}",
+        )
+        self._watch_thread.start()
+        # Register with the real list, not an empty one, if it comes quickly.
+        watch.sent.wait(FIRST_LIST_WAIT)
+
+    def _run_watch(self, impl: Any, watch: Watch) -> None:
+        try:
+            impl.list_and_watch(watch)
+        except Exception:
+            log.exception(
+                "%s: list_and_watch raised; the last good device list stays",
+                self.plugin.resource_name,
+            )
+
+    def _stop_watch(self) -> None:
+        self._watch_stop.set()
+        thread, self._watch_thread = self._watch_thread, None
+        if thread is not None:
+            thread.join(5.0)
+            if thread.is_alive():
+                log.warning(
+                    "%s: list_and_watch did not return within 5 s of stop; "
+                    "it should return once watch.wait() is True",
+                    self.plugin.resource_name,
+                )
+
+    # -- registering -------------------------------------------------------------
+
+    def _start_registration(self) -> None:
+        plugin = self.plugin
+        attempt = RegisterAttempt(
+            plugin.kubelet_socket,
+            plugin.resource_name,
+            plugin.socket_name,
+            plugin_options(plugin.impl),
+            timeout=plugin.register_timeout,
+        )
+        self._attempt = attempt
+        self._attempt_generation = self.generation
+        self._attempt_kubelet_id = _file_id(plugin.kubelet_socket)
+
+        def run() -> None:
+            attempt.run()
+            self._wake()
+
+        self._attempt_thread = threading.Thread(
+            target=run, name=f"sdplite-register-{plugin.socket_name}", daemon=True
+        )
+        self._attempt_thread.start()
+
+    def _abandon_registration(self, wait: float = 0.0) -> None:
+        attempt, self._attempt = self._attempt, None
+        thread, self._attempt_thread = self._attempt_thread, None
+        if attempt is not None:
+            attempt.close()
+        if thread is not None and wait:
+            thread.join(wait)
+
+    def _collect_registration(self, now: float) -> None:
+        attempt = self._attempt
+        if attempt is None or attempt.result is None:
+            return
+        self._abandon_registration(wait=1.0)
+        plugin = self.plugin
+        result = attempt.result
+        if self._attempt_generation != self.generation:
+            self._next_register = now  # it was for a server that is gone: try again
+            return
+        if result.outcome is RegisterOutcome.OK:
+            self._kubelet_id = self._attempt_kubelet_id
+            self._backoff = BACKOFF_FIRST
+            self.registered.set()
+            log.info(
+                "%s: registered with the kubelet (endpoint %s, %d devices)",
+                plugin.resource_name,
+                plugin.socket_name,
+                len(plugin.state.devices),
+            )
+            return
+        if result.outcome is RegisterOutcome.FATAL:
+            self.fatal = f"the kubelet refused to register {plugin.resource_name}: {result.message}"
+            log.error("%s", self.fatal)
+            return
+        log.warning(
+            "%s: registration failed, retrying in %.1fs: %s",
+            plugin.resource_name,
+            self._backoff,
+            result.message,
+        )
+        self._next_register = now + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_CAP)
+
+    def _call_hook(self, name: str) -> None:
+        if has_hook(self.plugin.impl, name):
+            try:
+                getattr(self.plugin.impl, name)()
+            except Exception:
+                log.exception("%s: %s() raised", self.plugin.resource_name, name)
+
+    def shutdown(self) -> None:
+        """Stop for good: streams ended, socket removed."""
+        self._stopping = True
+        if self.server is not None:
+            self._stop_server()
+        else:
+            self._stop_watch()
+        self._abandon_registration(wait=5.0)

@@ -1,0 +1,188 @@
+"""What a plugin author touches: :func:`build` and the :class:`DevicePlugin` it returns."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Union
+
+from .api import paths
+from .devices import Device, DeviceListError
+from .impl import SimpleImpl
+from .lifecycle import Controller, PluginError
+from .naming import validate_resource_name, validate_socket_name
+from .registration import REGISTER_TIMEOUT
+from .service import DeviceState
+from .supervisor import BackgroundRunner
+from .supervisor import run as run_plugins
+
+__all__ = ["build", "DevicePlugin", "DEFAULT_PLUGIN_DIR"]
+
+log = logging.getLogger("sdplite")
+
+DEFAULT_PLUGIN_DIR = paths.DEVICE_PLUGIN_PATH.rstrip("/")
+
+
+class DevicePlugin:
+    """One resource served on one socket. Make it with :func:`build`.
+
+    ``run()`` blocks until SIGTERM/SIGINT; ``start()``/``stop()`` run it in
+    the background instead. :meth:`publish`, :meth:`set_health` and
+    :meth:`rescan` may be called from any thread at any time.
+    """
+
+    def __init__(
+        self,
+        resource_name: str,
+        socket_name: str,
+        impl: Any,
+        plugin_dir: str,
+        register_timeout: float = REGISTER_TIMEOUT,
+        server_options: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.resource_name = validate_resource_name(resource_name)
+        self.plugin_dir = plugin_dir
+        self.socket_name = socket_name
+        self.socket_path = validate_socket_name(socket_name, plugin_dir)
+        self.kubelet_socket = os.path.join(plugin_dir, paths.KUBELET_SOCKET)
+        self.impl = impl
+        self.register_timeout = register_timeout
+        self.server_options = dict(server_options or {})
+        self.state = DeviceState(resource_name)
+        self._controller: Optional[Controller] = None
+        self._runner: Optional[BackgroundRunner] = None
+        self._last_error: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return f"DevicePlugin({self.resource_name!r}, {self.socket_path!r}, {self.impl!r})"
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve, register and survive kubelet restarts until SIGTERM or SIGINT."""
+        run_plugins(self)
+
+    def start(self) -> DevicePlugin:
+        """Run in a background thread; returns at once (see :meth:`wait_registered`)."""
+        if self._runner is not None:
+            raise RuntimeError("this plugin is already running")
+        self._runner = BackgroundRunner([self])
+        return self
+
+    def stop(self) -> None:
+        """Stop a plugin started with :meth:`start`: streams end, the socket goes."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.stop()
+            if isinstance(runner.error, PluginError):
+                raise runner.error
+
+    def __enter__(self) -> DevicePlugin:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def registered(self) -> bool:
+        return self._controller is not None and self._controller.registered.is_set()
+
+    def wait_registered(self, timeout: float = 30.0) -> bool:
+        """Block until registered with the kubelet (True) or ``timeout`` passes."""
+        controller = self._controller
+        if controller is None:
+            raise RuntimeError("the plugin is not running: call start() or run() first")
+        return controller.registered.wait(timeout)
+
+    @property
+    def error(self) -> Optional[str]:
+        """Why the plugin stopped on its own (a registration the kubelet refuses), if it did."""
+        if self._controller is not None:
+            return self._controller.fatal
+        return self._last_error
+
+    def restart(self, reason: str = "requested") -> None:
+        """Restart the server and register again, as on SIGHUP."""
+        if self._controller is not None:
+            self._controller.request_restart(reason)
+
+    def _attach(self, controller: Optional[Controller]) -> None:
+        if self._controller is not None:
+            self._last_error = self._controller.fatal
+        self._controller = controller
+
+    # -- devices ---------------------------------------------------------------
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        """The device list the kubelet has been sent (or will be)."""
+        return self.state.devices
+
+    def publish(self, devices: Sequence[Any]) -> bool:
+        """Replace the device list; every open ListAndWatch gets it if it changed.
+
+        Raises :class:`DeviceListError` (and keeps the old list) for a list the
+        kubelet could not use.
+        """
+        return self.state.publish(devices)
+
+    def set_health(self, device_id: str, healthy: bool) -> bool:
+        """Mark one device healthy or unhealthy and push the change."""
+        return self.state.set_health(device_id, healthy)
+
+    def rescan(self) -> None:
+        """Simple mode: re-read ``get_devices`` now rather than at the next interval."""
+        if not isinstance(self.impl, SimpleImpl):
+            raise TypeError("rescan() is for simple mode; flexible mode sends lists itself")
+        if self._controller is not None:
+            self._controller.request_scan()
+
+    def _publish_from_impl(self, devices: Any) -> None:
+        """``watch.send``: a bad list is logged and the last good one stays."""
+        try:
+            self.state.publish(devices)
+        except DeviceListError as exc:
+            log.error(
+                "%s: list_and_watch sent a bad list, keeping the last good one: %s", self.resource_name, exc
+            )
+
+
+ImplOrCallable = Union[Callable[[], Sequence[Any]], Any]
+
+
+def build(
+    resource_name: str,
+    socket_name: str,
+    impl: ImplOrCallable,
+    *,
+    plugin_dir: Optional[str] = None,
+    interval: float = 10.0,
+    register_timeout: float = REGISTER_TIMEOUT,
+    **server_options: Any,
+) -> DevicePlugin:
+    """Make a device plugin for ``resource_name`` served on ``socket_name``.
+
+    ``impl`` is either a callable returning the devices (simple mode: re-read
+    every ``interval`` seconds and on :meth:`DevicePlugin.rescan`) or an
+    object with ``list_and_watch`` and the optional hooks described in
+    :mod:`sdplite.impl` (flexible mode).
+
+    ``plugin_dir`` defaults to ``$SDPLITE_PLUGIN_DIR`` or
+    ``/var/lib/kubelet/device-plugins``; the kubelet's socket is
+    ``kubelet.sock`` in it. Further keywords tune the gRPC server (see
+    :class:`sdplite.wire.Server`).
+    """
+    directory = plugin_dir or os.environ.get("SDPLITE_PLUGIN_DIR") or DEFAULT_PLUGIN_DIR
+    if hasattr(impl, "list_and_watch"):
+        if not callable(impl.list_and_watch):
+            raise TypeError("impl.list_and_watch must be a method taking a Watch")
+        chosen = impl
+    elif callable(impl):
+        chosen = SimpleImpl(impl, interval)
+    else:
+        raise TypeError(
+            f"build() takes a get_devices callable or an object with list_and_watch(watch), "
+            f"not {type(impl).__name__}"
+        )
+    return DevicePlugin(resource_name, socket_name, chosen, directory, register_timeout, server_options)

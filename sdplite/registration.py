@@ -1,0 +1,106 @@
+"""Registering with the kubelet through ``kubelet.sock``.
+
+The kubelet answers Register only after it has dialled our socket back and
+fetched our options, so our server must already be serving (KUBELET.md 2).
+Its refusals come back as UNKNOWN with a text; two of them can never
+succeed on retry (an unsupported version, an invalid resource name).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from .api import deviceplugin_pb2 as pb
+from .api import paths
+from .wire import Channel, GrpcError, StatusCode
+
+__all__ = ["RegisterOutcome", "RegisterResult", "RegisterAttempt", "register"]
+
+#: How long to wait for Register: the kubelet's dial-back alone may take 10 s.
+REGISTER_TIMEOUT = 30.0
+
+_FATAL_MARKERS = ("is not supported by kubelet", "is invalid")
+
+
+class RegisterOutcome(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"  # kubelet missing, restarting, or our socket was wiped
+    FATAL = "fatal"  # the kubelet will refuse this request every time
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    outcome: RegisterOutcome
+    message: str = ""
+
+
+def register(
+    kubelet_socket: str,
+    resource_name: str,
+    endpoint: str,
+    options: pb.DevicePluginOptions,
+    timeout: float = REGISTER_TIMEOUT,
+) -> RegisterResult:
+    """Call Register once on a fresh connection, closed afterwards."""
+    attempt = RegisterAttempt(kubelet_socket, resource_name, endpoint, options, timeout)
+    attempt.run()
+    assert attempt.result is not None
+    return attempt.result
+
+
+class RegisterAttempt:
+    """One Register call, which another thread may abandon with :meth:`close`.
+
+    The supervisor runs it on a short-lived thread so that it keeps watching
+    the sockets while the kubelet dials back (up to 10 s when our socket was
+    just wiped).
+    """
+
+    def __init__(
+        self,
+        kubelet_socket: str,
+        resource_name: str,
+        endpoint: str,
+        options: pb.DevicePluginOptions,
+        timeout: float = REGISTER_TIMEOUT,
+    ) -> None:
+        self.kubelet_socket = kubelet_socket
+        self.request = pb.RegisterRequest(
+            version=paths.VERSION, endpoint=endpoint, resource_name=resource_name, options=options
+        )
+        self.timeout = timeout
+        self.result: Optional[RegisterResult] = None
+        self._channel: Optional[Channel] = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self) -> None:
+        try:
+            channel = Channel(self.kubelet_socket, connect_timeout=min(self.timeout, 5.0))
+            with self._lock:
+                self._channel = channel
+                closed = self._closed
+            if closed:
+                channel.close()
+                raise GrpcError(StatusCode.CANCELLED, "registration abandoned")
+            try:
+                channel.unary(paths.REGISTER, self.request, pb.Empty, timeout=self.timeout)
+            finally:
+                channel.close()
+        except GrpcError as exc:
+            fatal = any(marker in exc.message for marker in _FATAL_MARKERS)
+            text = f"{exc.code.name}: {exc.message}"
+            self.result = RegisterResult(RegisterOutcome.FATAL if fatal else RegisterOutcome.RETRY, text)
+        else:
+            self.result = RegisterResult(RegisterOutcome.OK)
+
+    def close(self) -> None:
+        """Abandon the call: its connection is closed and it ends with CANCELLED/UNAVAILABLE."""
+        with self._lock:
+            self._closed = True
+            channel = self._channel
+        if channel is not None:
+            channel.close()

@@ -1,0 +1,228 @@
+"""The v1beta1 DevicePlugin service: the five RPCs the kubelet calls.
+
+:class:`DeviceState` holds one plugin's current device list, serialised once
+per change, and the open ListAndWatch streams; :func:`device_plugin_methods`
+turns an implementation and that state into transport methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+from .api import deviceplugin_pb2 as pb
+from .api import paths
+from .devices import (
+    Allocation,
+    Device,
+    DeviceListError,
+    default_allocation,
+    encode_device_list,
+    normalize_devices,
+)
+from .impl import has_hook
+from .wire import GrpcError, Method, ResponseStream, ServerContext, StatusCode
+from .wire import server_streaming as streaming_method
+from .wire import unary as unary_method
+
+__all__ = ["DeviceState", "plugin_options", "device_plugin_methods"]
+
+log = logging.getLogger("sdplite")
+
+
+class DeviceState:
+    """The devices of one resource and the streams watching them. Thread-safe."""
+
+    def __init__(self, resource_name: str) -> None:
+        self.resource_name = resource_name
+        self._lock = threading.Condition()
+        self._devices: tuple[Device, ...] = ()
+        self._by_id: dict[str, Device] = {}
+        self._encoded = encode_device_list(())
+        self._streams: set[ResponseStream] = set()
+        #: Bumped on every change; lets a waiter tell an old list from a new one.
+        self.version = 0
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return self._devices
+
+    def get(self, device_id: str) -> Optional[Device]:
+        return self._by_id.get(device_id)
+
+    def snapshot(self) -> dict[str, Device]:
+        return self._by_id
+
+    def publish(self, devices: Any) -> bool:
+        """Replace the list; push it to every stream if it changed.
+
+        Raises :class:`DeviceListError` for a list the kubelet could not use;
+        the previous list then stays.
+        """
+        normalized = normalize_devices(devices)
+        encoded = encode_device_list(normalized)
+        with self._lock:
+            if encoded == self._encoded:
+                return False
+            old = self._by_id
+            self._devices = normalized
+            self._by_id = {d.id: d for d in normalized}
+            self._encoded = encoded
+            self.version += 1
+            for stream in self._streams:
+                stream.send(encoded)
+            self._lock.notify_all()
+        self._log_changes(old, self._by_id)
+        return True
+
+    def set_health(self, device_id: str, healthy: bool) -> bool:
+        """Mark one device healthy or unhealthy; KeyError if there is no such device."""
+        with self._lock:
+            if device_id not in self._by_id:
+                raise KeyError(f"no device {device_id!r} in {self.resource_name}")
+            devices = [d.with_health(healthy) if d.id == device_id else d for d in self._devices]
+        return self.publish(devices)
+
+    def _log_changes(self, old: dict[str, Device], new: dict[str, Device]) -> None:
+        for device_id, device in new.items():
+            before = old.get(device_id)
+            if before is not None and before.healthy != device.healthy:
+                log.info("%s: device %s is now %s", self.resource_name, device_id, device.health)
+        added = len(new.keys() - old.keys())
+        removed = len(old.keys() - new.keys())
+        if added or removed:
+            healthy = sum(1 for d in new.values() if d.healthy)
+            log.info(
+                "%s: %d devices (%d healthy): %d added, %d removed",
+                self.resource_name,
+                len(new),
+                healthy,
+                added,
+                removed,
+            )
+
+    def wait_for(self, predicate: Callable[[tuple[Device, ...]], bool], timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: predicate(self._devices), timeout)
+
+    # -- streams -----------------------------------------------------------------
+
+    def watch(self, stream: ResponseStream) -> None:
+        """Send the current list to a new stream and every later one."""
+        with self._lock:
+            stream.send(self._encoded)
+            self._streams.add(stream)
+
+    def unwatch(self, stream: ResponseStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    @property
+    def stream_count(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def end_streams(self) -> None:
+        """End every open stream with OK once its queued list is sent."""
+        with self._lock:
+            streams, self._streams = self._streams, set()
+        for stream in streams:
+            stream.end()
+
+
+def plugin_options(impl: Any) -> pb.DevicePluginOptions:
+    """Options follow the optional hooks the implementation offers."""
+    return pb.DevicePluginOptions(
+        pre_start_required=has_hook(impl, "pre_start_container"),
+        get_preferred_allocation_available=has_hook(impl, "get_preferred_allocation"),
+    )
+
+
+def _container_response(result: Any, state: DeviceState, ids: Sequence[str]) -> Any:
+    if result is None:
+        try:
+            result = default_allocation(state.snapshot(), ids)
+        except LookupError as exc:
+            raise GrpcError(StatusCode.INVALID_ARGUMENT, f"{state.resource_name}: {exc}") from None
+    if isinstance(result, Allocation):
+        return result.to_proto()
+    if isinstance(result, pb.ContainerAllocateResponse):
+        return result
+    raise GrpcError(
+        StatusCode.INTERNAL,
+        f"allocate returned a {type(result).__name__}; return an sdplite.Allocation, "
+        f"a ContainerAllocateResponse or None (for the default)",
+    )
+
+
+def device_plugin_methods(
+    impl: Any, state: DeviceState, on_stream_end: Callable[[ServerContext], None]
+) -> list[Method[Any]]:
+    """The DevicePlugin service for ``impl``, serving ``state``'s devices."""
+    options = plugin_options(impl)
+
+    def get_options(request: pb.Empty, context: ServerContext) -> pb.DevicePluginOptions:
+        return options
+
+    def list_and_watch(request: pb.Empty, stream: ResponseStream) -> None:
+        stream.context.add_done_callback(lambda: _stream_done(stream))
+        state.watch(stream)
+
+    def _stream_done(stream: ResponseStream) -> None:
+        state.unwatch(stream)
+        on_stream_end(stream.context)
+
+    allocate_hook = getattr(impl, "allocate", None) if has_hook(impl, "allocate") else None
+
+    def allocate(request: pb.AllocateRequest, context: ServerContext) -> pb.AllocateResponse:
+        if not request.container_requests:
+            raise GrpcError(StatusCode.INVALID_ARGUMENT, "AllocateRequest has no container requests")
+        response = pb.AllocateResponse()
+        for container in request.container_requests:
+            ids = list(container.devices_ids)
+            try:
+                result = allocate_hook(ids) if allocate_hook is not None else None
+            except LookupError as exc:
+                raise GrpcError(StatusCode.INVALID_ARGUMENT, f"{state.resource_name}: {exc}") from None
+            response.container_responses.append(_container_response(result, state, ids))
+        return response
+
+    def preferred(
+        request: pb.PreferredAllocationRequest, context: ServerContext
+    ) -> pb.PreferredAllocationResponse:
+        response = pb.PreferredAllocationResponse()
+        for container in request.container_requests:
+            ids = impl.get_preferred_allocation(
+                list(container.available_deviceIDs),
+                list(container.must_include_deviceIDs),
+                container.allocation_size,
+            )
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+                raise GrpcError(
+                    StatusCode.INTERNAL,
+                    f"get_preferred_allocation returned a {type(ids).__name__}; return a list of IDs",
+                )
+            response.container_responses.add(deviceIDs=list(ids))
+        return response
+
+    def pre_start(
+        request: pb.PreStartContainerRequest, context: ServerContext
+    ) -> pb.PreStartContainerResponse:
+        if has_hook(impl, "pre_start_container"):
+            impl.pre_start_container(list(request.devices_ids))
+        return pb.PreStartContainerResponse()
+
+    methods = [
+        unary_method(paths.GET_DEVICE_PLUGIN_OPTIONS, get_options, pb.Empty),
+        streaming_method(paths.LIST_AND_WATCH, list_and_watch, pb.Empty, latest_only=True),
+        unary_method(paths.ALLOCATE, allocate, pb.AllocateRequest),
+        unary_method(paths.PRE_START_CONTAINER, pre_start, pb.PreStartContainerRequest),
+    ]
+    if options.get_preferred_allocation_available:
+        methods.append(unary_method(paths.GET_PREFERRED_ALLOCATION, preferred, pb.PreferredAllocationRequest))
+    return methods
+
+
+__all__ += ["DeviceListError"]

@@ -1,0 +1,89 @@
+"""The examples, run as real processes against the grpcio kubelet stand-in; signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from kubelet_standin import GrpcioKubelet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def kubelet(sock_dir: str) -> Iterator[GrpcioKubelet]:
+    k = GrpcioKubelet(sock_dir)
+    yield k
+    k.stop()
+
+
+def spawn(script: str, plugin_dir: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "examples", script)],
+        env={**os.environ, "SDPLITE_PLUGIN_DIR": plugin_dir, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.kill()
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def test_superdisk_example_serves_and_allocates(kubelet: GrpcioKubelet) -> None:
+    proc = spawn("superdisk.py", kubelet.directory)
+    try:
+        kubelet.wait_for_devices("example.com/superdisk", lambda d: len(d) == 2)
+        response = kubelet.allocate("example.com/superdisk", ["superdisk-1"])
+        spec = response.container_responses[0].devices[0]
+        assert (spec.host_path, spec.container_path) == ("/dev/null", "/dev/superdisk1")
+    finally:
+        out = finish(proc)
+    assert "registered with the kubelet" in out
+
+
+def test_health_example_goes_unhealthy_and_healthy_again(kubelet: GrpcioKubelet, sock_dir: str) -> None:
+    state = os.path.join(sock_dir, "health")
+    os.mkdir(state)
+    proc = spawn("health.py", kubelet.directory, HEALTH_STATE_DIR=state)
+    resource = "example.com/gpu"
+    try:
+        kubelet.wait_for_devices(resource, lambda d: len(d) == 4 and all(x.health == "Healthy" for x in d))
+        fault = os.path.join(state, "gpu-1.fault")
+        open(fault, "w").close()
+        kubelet.wait_for_devices(resource, lambda d: {x.ID: x.health for x in d}["gpu-1"] == "Unhealthy")
+        os.unlink(fault)
+        kubelet.wait_for_devices(resource, lambda d: all(x.health == "Healthy" for x in d))
+        envs = kubelet.allocate(resource, ["gpu-0", "gpu-2"]).container_responses[0].envs
+        assert dict(envs) == {"VISIBLE_GPUS": "gpu-0,gpu-2"}
+    finally:
+        out = finish(proc)
+    assert "gpu-1 is now Unhealthy" in out and "gpu-1 is now Healthy" in out
+
+
+def test_sighup_restarts_and_sigterm_stops_cleanly(kubelet: GrpcioKubelet) -> None:
+    proc = spawn("superdisk.py", kubelet.directory)
+    resource = "example.com/superdisk"
+    try:
+        first = kubelet.wait_for_registration(resource)
+        proc.send_signal(signal.SIGHUP)
+        second = kubelet.wait_for_registration(resource, count=2)
+        kubelet.wait(lambda: first.stream_ended is not None, what="the old stream to end")
+        kubelet.wait_for_devices(resource, lambda d: len(d) == 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        kubelet.wait(lambda: second.stream_ended is not None, what="the stream to end")
+        assert second.stream_ended == "ended with OK"
+        assert not os.path.exists(os.path.join(kubelet.directory, "superdisk.sock"))
+    finally:
+        out = finish(proc)
+    assert "received SIGHUP" in out and "received SIGTERM" in out

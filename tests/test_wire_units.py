@@ -1,0 +1,100 @@
+"""Pure pieces of the wire layer: status text, timeouts, message framing."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdplite.wire.framing import MessageDecoder, encode_message
+from sdplite.wire.status import (
+    GrpcError,
+    StatusCode,
+    decode_grpc_message,
+    encode_grpc_message,
+    format_grpc_timeout,
+    parse_grpc_timeout,
+    status_for_reset,
+)
+
+
+def test_grpc_message_is_percent_encoded_utf8() -> None:
+    assert encode_grpc_message("plain text") == b"plain text"
+    assert encode_grpc_message("100%") == b"100%25"
+    assert encode_grpc_message("é\n") == b"%C3%A9%0A"
+    for text in ["périphérique ✓ 设备", "a%b", "tab\there", ""]:
+        assert decode_grpc_message(encode_grpc_message(text)) == text
+
+
+def test_grpc_message_decoding_never_fails() -> None:
+    assert decode_grpc_message(b"bad %zz escape %") == "bad %zz escape %"
+    assert decode_grpc_message(b"%FF") == "\ufffd"
+
+
+@pytest.mark.parametrize(
+    "value,seconds",
+    [
+        (b"1H", 3600),
+        (b"2M", 120),
+        (b"3S", 3),
+        (b"4m", 0.004),
+        (b"5u", 5e-6),
+        (b"6n", 6e-9),
+        (b"99999999S", 99999999),
+    ],
+)
+def test_grpc_timeout_units(value: bytes, seconds: float) -> None:
+    assert parse_grpc_timeout(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [b"", b"S", b"123456789S", b"12X", b"-1S", b"1.5S", b"1s"])
+def test_malformed_grpc_timeouts(value: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_grpc_timeout(value)
+
+
+def test_timeouts_format_with_the_finest_unit_that_fits() -> None:
+    assert format_grpc_timeout(0.05) == b"50000000n"
+    assert format_grpc_timeout(0.5) == b"500000u"
+    assert format_grpc_timeout(30) == b"30000000u"
+    assert format_grpc_timeout(1e6) == b"1000000S"
+    for seconds in (0.001, 1, 29.9999, 3600, 1e7):
+        assert parse_grpc_timeout(format_grpc_timeout(seconds)) >= seconds
+
+
+def test_reset_codes_map_as_grpc_go_does() -> None:
+    assert status_for_reset(8) == StatusCode.CANCELLED
+    assert status_for_reset(7) == StatusCode.UNAVAILABLE
+    assert status_for_reset(3) == StatusCode.RESOURCE_EXHAUSTED
+    assert status_for_reset(0xB) == StatusCode.RESOURCE_EXHAUSTED
+    assert status_for_reset(0xC) == StatusCode.PERMISSION_DENIED
+    assert status_for_reset(0x99) == StatusCode.INTERNAL
+
+
+def test_decoder_handles_messages_split_and_joined_anyhow() -> None:
+    stream = encode_message(b"one") + encode_message(b"") + encode_message(b"three" * 1000)
+    for step in (1, 2, 5, 7, 4096, len(stream)):
+        decoder = MessageDecoder()
+        out = []
+        for i in range(0, len(stream), step):
+            out += decoder.feed(stream[i : i + step])
+        assert out == [b"one", b"", b"three" * 1000]
+        assert not decoder.pending
+
+
+def test_decoder_refuses_oversize_and_compressed_on_the_prefix() -> None:
+    with pytest.raises(GrpcError) as info:
+        MessageDecoder(max_length=10).feed(b"\x00\x00\x00\x00\x0b")
+    assert info.value.code == StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(GrpcError) as info:
+        MessageDecoder().feed(b"\x01\x00\x00\x00\x00")
+    assert info.value.code == StatusCode.INTERNAL
+
+
+def test_grpc_error_pickles_and_reads_well() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(GrpcError(StatusCode.NOT_FOUND, "no such device")))
+    assert (error.code, error.message, str(error)) == (
+        StatusCode.NOT_FOUND,
+        "no such device",
+        "NOT_FOUND: no such device",
+    )
