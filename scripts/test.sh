@@ -11,8 +11,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade 'protobuf>=7,<8'
 
 .venv/bin/python proto/generate.py --check
-.venv/bin/ruff check sdplite tests benchmarks examples
-.venv/bin/ruff format --check sdplite tests benchmarks examples
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 
 echo "== tests, protobuf $(.venv/bin/python -c 'import google.protobuf as p; print(p.__version__)')"

@@ -1,0 +1,105 @@
+"""``sdplite inspect SOCKET``: talk to any device plugin as the kubelet would.
+
+Shows the plugin's options and its device list (--follow: every update until
+Ctrl-C), and with --allocate calls Allocate for the given IDs and prints what
+the container would get. Works with plugins written with anything, not just
+sdplite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from google.protobuf import json_format
+
+from ..api import deviceplugin_pb2 as pb
+from ..api import paths
+from ..wire import Channel, GrpcError
+
+
+def _devices_text(response: Any) -> str:
+    lines = [f"devices: {len(response.devices)}"]
+    for device in response.devices:
+        numa = ",".join(str(n.ID) for n in device.topology.nodes) or "-"
+        lines.append(f"  {device.ID:40} {device.health:10} numa={numa}")
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, title: str, message: Any, text: str) -> None:
+    if args.json:
+        body = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        print(json.dumps({title: body}, sort_keys=True), flush=True)
+    else:
+        print(text, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with Channel(args.socket, connect_timeout=args.timeout) as channel:
+            options = channel.unary(
+                paths.GET_DEVICE_PLUGIN_OPTIONS, pb.Empty(), pb.DevicePluginOptions, timeout=args.timeout
+            )
+            _emit(
+                args,
+                "options",
+                options,
+                f"options: pre_start_required={options.pre_start_required} "
+                f"get_preferred_allocation_available={options.get_preferred_allocation_available}",
+            )
+            stream = channel.server_streaming(paths.LIST_AND_WATCH, pb.Empty(), pb.ListAndWatchResponse)
+            try:
+                for response in stream:
+                    _emit(args, "devices", response, _devices_text(response))
+                    if not args.follow:
+                        break
+            finally:
+                stream.cancel()
+            for ids in args.allocate or ():
+                request = pb.AllocateRequest(
+                    container_requests=[pb.ContainerAllocateRequest(devices_ids=ids.split(","))]
+                )
+                answer = channel.unary(paths.ALLOCATE, request, pb.AllocateResponse, timeout=args.timeout)
+                _emit(args, "allocate", answer, f"allocate {ids}:\n{_allocation_text(answer)}")
+    except GrpcError as exc:
+        print(f"sdplite inspect: {args.socket}: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _allocation_text(response: Any) -> str:
+    lines = []
+    for container in response.container_responses:
+        lines += [f"  env     {k}={v}" for k, v in sorted(container.envs.items())]
+        lines += [
+            f"  device  {d.host_path} -> {d.container_path} ({d.permissions})" for d in container.devices
+        ]
+        lines += [
+            f"  mount   {m.host_path} -> {m.container_path}{' (ro)' if m.read_only else ''}"
+            for m in container.mounts
+        ]
+        lines += [f"  annot.  {k}={v}" for k, v in sorted(container.annotations.items())]
+        lines += [f"  cdi     {c.name}" for c in container.cdi_devices]
+    return "\n".join(lines) or "  (nothing)"
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "inspect",
+        help="query a running device plugin as the kubelet would",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("socket", metavar="SOCKET", help="the plugin's Unix socket path")
+    parser.add_argument("--follow", action="store_true", help="keep printing device list updates")
+    parser.add_argument(
+        "--allocate",
+        action="append",
+        metavar="ID[,ID]",
+        help="call Allocate for these device IDs (repeatable)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for connect and calls")
+    parser.set_defaults(run=run)

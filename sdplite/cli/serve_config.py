@@ -1,0 +1,159 @@
+"""The configuration of ``sdplite serve``, checked field by field before anything starts.
+
+JSON, for example::
+
+    {
+      "plugin_dir": "/var/lib/kubelet/device-plugins",
+      "interval": 5,
+      "resources": [
+        {"name": "example.com/serial", "paths": ["/dev/ttyUSB*"], "count": 1,
+         "mount": false, "permissions": "rw"}
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..devices import Device, DeviceNode, Mount
+from ..naming import InvalidNameError, validate_resource_name
+
+__all__ = ["ConfigError", "ResourceConfig", "ServeConfig", "load_config", "GlobDevices"]
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    name: str
+    paths: tuple[str, ...]
+    count: int = 1
+    mount: bool = False
+    permissions: str = "rw"
+
+    @property
+    def socket_name(self) -> str:
+        return "sdplite-" + self.name.replace("/", "_") + ".sock"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    resources: tuple[ResourceConfig, ...]
+    plugin_dir: Optional[str] = None
+    interval: float = 5.0
+
+
+def _resource(raw: Any, where: str) -> ResourceConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where} must be an object like {{"name": ..., "paths": [...]}}')
+    unknown = set(raw) - {"name", "paths", "count", "mount", "permissions"}
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown field(s) {sorted(unknown)}: allowed are name, paths, "
+            f"count, mount, permissions"
+        )
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f'{where}.name must be a resource name such as "example.com/serial" (got {name!r})')
+    try:
+        validate_resource_name(name)
+    except InvalidNameError as exc:
+        raise ConfigError(f"{where}.name: {exc}") from None
+    paths = raw.get("paths")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+        raise ConfigError(f'{where}.paths must be a non-empty list of path globs such as ["/dev/ttyUSB*"]')
+    if not all(os.path.isabs(p) for p in paths):
+        raise ConfigError(f"{where}.paths must be absolute paths (got {paths})")
+    count = raw.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1000:
+        raise ConfigError(
+            f"{where}.count must be an integer from 1 to 1000 (got {count!r}): "
+            f"how many containers may share each device"
+        )
+    mount = raw.get("mount", False)
+    if not isinstance(mount, bool):
+        raise ConfigError(f"{where}.mount must be true or false (got {mount!r})")
+    permissions = raw.get("permissions", "rw")
+    if not isinstance(permissions, str) or not permissions or set(permissions) - set("rwm"):
+        raise ConfigError(
+            f'{where}.permissions must be letters from r, w, m such as "rw" (got {permissions!r})'
+        )
+    return ResourceConfig(name, tuple(paths), count, mount, permissions)
+
+
+def parse_config(raw: Any) -> ServeConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError('the configuration must be a JSON object with a "resources" list')
+    unknown = set(raw) - {"resources", "plugin_dir", "interval"}
+    if unknown:
+        raise ConfigError(f"unknown field(s) {sorted(unknown)}: allowed are resources, plugin_dir, interval")
+    resources = raw.get("resources")
+    if not isinstance(resources, list) or not resources:
+        raise ConfigError(
+            "resources must be a non-empty list, e.g. "
+            '[{"name": "example.com/serial", "paths": ["/dev/ttyUSB*"]}]'
+        )
+    parsed = tuple(_resource(r, f"resources[{i}]") for i, r in enumerate(resources))
+    names = [r.name for r in parsed]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"resources: {name!r} is listed twice; merge its paths into one entry")
+    interval = raw.get("interval", 5.0)
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+        raise ConfigError(f"interval must be a positive number of seconds (got {interval!r})")
+    plugin_dir = raw.get("plugin_dir")
+    if plugin_dir is not None and (not isinstance(plugin_dir, str) or not os.path.isabs(plugin_dir)):
+        raise ConfigError(f"plugin_dir must be an absolute directory path (got {plugin_dir!r})")
+    return ServeConfig(parsed, plugin_dir, float(interval))
+
+
+def load_config(path: str) -> ServeConfig:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    return parse_config(raw)
+
+
+class GlobDevices:
+    """``get_devices`` for one resource: the files its globs match, health by existence.
+
+    A path seen once stays listed: while it is missing it is Unhealthy, so the
+    kubelet's capacity does not jump around when a device blinks.
+    """
+
+    def __init__(self, config: ResourceConfig) -> None:
+        self.config = config
+        self._seen: dict[str, None] = {}  # ordered set of paths ever matched
+
+    def _device_ids(self, path: str) -> list[str]:
+        base = path.strip("/").replace("/", "_")
+        if self.config.count == 1:
+            return [base]
+        return [f"{base}-{share}" for share in range(self.config.count)]
+
+    def __call__(self) -> list[Device]:
+        for pattern in self.config.paths:
+            for path in sorted(glob.glob(pattern)):
+                self._seen.setdefault(path, None)
+        devices = []
+        for path in self._seen:
+            present = os.path.exists(path)
+            if self.config.mount:
+                extra: dict[str, Any] = {"mounts": [Mount(path, read_only=False)]}
+            else:
+                extra = {"nodes": [DeviceNode(path, path, self.config.permissions)]}
+            devices += [Device(i, healthy=present, **extra) for i in self._device_ids(path)]
+        return devices
