@@ -31,7 +31,11 @@ def test_the_readme_has_the_blocks_these_tests_expect() -> None:
 def run_against_emulator(command: list[str], resource: str, sock_dir: str) -> str:
     """Start a long-running snippet with SDPLITE_PLUGIN_DIR set, see it register, SIGTERM it."""
     with KubeletEmulator(sock_dir) as kubelet:
-        env = {**os.environ, "SDPLITE_PLUGIN_DIR": sock_dir, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
+        env = {
+            **os.environ,
+            "SDPLITE_PLUGIN_DIR": sock_dir,
+            "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
+        }
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             kubelet.wait_for_registration(resource, timeout=20)
@@ -53,8 +57,12 @@ def test_fixture_snippet_passes_under_pytest(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "test_snippet.py")
     with open(path, "w") as handle:
         handle.write(PYTHON[2])
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 
@@ -72,8 +80,9 @@ def test_serve_snippet_registers(sock_dir: str) -> None:
 def test_demo_command_works_from_a_fresh_copy(tmp_path: object) -> None:
     """The first set-up command, verbatim, in a copy of the tracked files (its own .venv)."""
     copy = os.path.join(str(tmp_path), "clone")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         source = os.path.join(ROOT, name)
         if os.path.isfile(source):
