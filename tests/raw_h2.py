@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections import deque
 from typing import Any, Callable, Optional
 
 import h2.config
@@ -46,6 +47,11 @@ class RawClient:
                 self.h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
             self.h2.initiate_connection()
             self.flush()
+
+    def ignore_stream_limit(self) -> None:
+        """Behave like a client that ignores the server's MAX_CONCURRENT_STREAMS."""
+        self.read_until(lambda e: isinstance(e, h2.events.RemoteSettingsChanged))
+        self.h2.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = deque([100_000])
 
     def flush(self) -> None:
         data = self.h2.data_to_send()

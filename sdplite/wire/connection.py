@@ -28,6 +28,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
+from .h2_fixes import new_connection
+
 __all__ = ["H2Stream", "StreamGone", "Transport", "Headers"]
 
 log = logging.getLogger("sdplite.wire")
@@ -78,7 +80,7 @@ class Transport:
     def __init__(self, sock: socket.socket, client_side: bool, name: str) -> None:
         self.sock = sock
         self.name = name
-        self.h2 = h2.connection.H2Connection(make_config(client_side))
+        self.h2 = new_connection(make_config(client_side))
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         #: True once the connection can carry nothing more; guarded by ``lock``.

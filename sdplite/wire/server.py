@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -28,6 +29,9 @@ log = logging.getLogger("sdplite.wire")
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_UNIX_PATH = 107
+
+#: struct ucred: pid, uid, gid.
+_PEERCRED = struct.Struct("3i")
 
 
 class Server:
@@ -53,6 +57,8 @@ class Server:
         connection_window: int = 4 * 1024 * 1024,
         socket_mode: int = 0o600,
         backlog: int = 64,
+        max_connections: int = 64,
+        allowed_uids: Optional[Iterable[int]] = None,
     ) -> None:
         if len(os.fsencode(path)) > MAX_UNIX_PATH:
             raise ValueError(
@@ -72,6 +78,9 @@ class Server:
         self.connection_window = max(connection_window, 65535)
         self.socket_mode = socket_mode
         self.backlog = backlog
+        self.max_connections = max_connections
+        #: Peer UIDs allowed to connect (checked with SO_PEERCRED); None allows any.
+        self.allowed_uids = None if allowed_uids is None else frozenset(allowed_uids)
         self.pool = WorkerPool(max_workers=max_workers, idle_timeout=worker_idle_timeout, name="sdplite")
         self.stopping = False
         self._lock = threading.Lock()
@@ -146,6 +155,11 @@ class Server:
                     return
                 time.sleep(0.05)  # EMFILE and friends: back off rather than spin
                 continue
+            refusal = self._refusal(sock)
+            if refusal:
+                log.warning("%s: refused a connection: %s", self.path, refusal)
+                sock.close()
+                continue
             with self._lock:
                 if self.stopping:
                     sock.close()
@@ -158,6 +172,22 @@ class Server:
             except Exception:
                 log.exception("could not start a connection on %s", self.path)
                 conn.close(graceful=False)
+
+    def _refusal(self, sock: socket.socket) -> str:
+        """Why a new connection must be closed at once, or ''."""
+        if self.allowed_uids is not None:
+            try:
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+                pid, uid, _gid = _PEERCRED.unpack(creds)
+            except OSError as exc:
+                return f"cannot read the peer's credentials: {exc}"
+            if uid not in self.allowed_uids:
+                return (
+                    f"peer pid {pid} runs as uid {uid}, not one of allowed_uids {sorted(self.allowed_uids)}"
+                )
+        if self.connection_count >= self.max_connections:
+            return f"already {self.max_connections} connections (max_connections)"
+        return ""
 
     def _connection_closed(self, conn: ServerConnection) -> None:
         with self._lock:

@@ -83,6 +83,9 @@ class ServerConnection(Transport):
                 },
             )
             h2conn.initiate_connection()
+            # h2 applies the advertised header list limit only once the peer
+            # acknowledges it (64 KiB until then): hold the line from the start.
+            h2conn.decoder.max_header_list_size = self.server.max_header_list_size
             h2conn.increment_flow_control_window(self.server.connection_window - 65535)
         self.flush()
         self.start_reader(f"sdplite-conn-{self.name}")

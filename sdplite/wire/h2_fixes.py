@@ -1,0 +1,75 @@
+"""Three places where h2 4.x is harsher or laxer than HTTP/2 asks, put right.
+
+h2 is pinned below 5 (setup.cfg) because these reach into two of its
+internals (``FrameBuffer`` and ``_receive_headers_frame``); the tests in
+tests/test_hostile_input.py pin each behaviour down.
+
+1. A frame header declaring a body larger than our max frame size is refused
+   as soon as its 9 bytes arrive; h2 would first buffer the whole declared
+   body, up to 16 MiB, and only then check (RFC 9113 4.2).
+2. The reserved bit of a WINDOW_UPDATE increment is ignored, as RFC 9113
+   6.9 says; hyperframe rejects such a frame and h2 drops the connection.
+3. A stream opened beyond our advertised SETTINGS_MAX_CONCURRENT_STREAMS is
+   refused with RST_STREAM(REFUSED_STREAM) (RFC 9113 5.1.2), which a gRPC
+   client retries; h2 would tear the whole connection down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.frame_buffer
+import h2.settings
+
+__all__ = ["new_connection"]
+
+_WINDOW_UPDATE = 0x8
+_UNLIMITED = 2**31 - 1
+
+
+class _StrictFrameBuffer(h2.frame_buffer.FrameBuffer):
+    def __next__(self) -> Any:
+        data = self._data
+        if len(data) >= 9:
+            length = int.from_bytes(data[:3], "big")
+            if length > self.max_frame_size:
+                raise h2.exceptions.FrameTooLargeError(
+                    f"Received overlong frame: length {length}, max {self.max_frame_size}"
+                )
+            if data[3] == _WINDOW_UPDATE and length == 4 and len(data) >= 13:
+                data[9] &= 0x7F  # the reserved bit is to be ignored
+        return super().__next__()
+
+
+class _ServerConnection(h2.connection.H2Connection):
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        if frame.stream_id in self.streams:
+            return super()._receive_headers_frame(frame)
+        values = self.local_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS]
+        limit = values[0]
+        if self.open_inbound_streams < limit:
+            return super()._receive_headers_frame(frame)
+        # Over the limit: let h2 take the stream in (so HPACK state and stream
+        # IDs stay in step with the peer), then refuse just that stream.
+        values[0] = _UNLIMITED
+        try:
+            frames, _events = super()._receive_headers_frame(frame)
+        finally:
+            values[0] = limit
+        frames += self.streams[frame.stream_id].reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM)
+        return frames, []
+
+
+def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connection:
+    """An H2Connection with the fixes above (the stream limit on the server side only)."""
+    cls = h2.connection.H2Connection if config.client_side else _ServerConnection
+    conn = cls(config)
+    strict = _StrictFrameBuffer(server=not config.client_side)
+    strict.max_frame_size = conn.max_inbound_frame_size
+    conn.incoming_buffer = strict
+    return conn
