@@ -99,6 +99,9 @@ class Controller:
         self._backoff = BACKOFF_FIRST
         self._kubelet_id: Optional[tuple[int, int]] = None
         self._next_scan = 0.0
+        self._scan_thread: Optional[threading.Thread] = None
+        self._scan_started = 0.0
+        self._scan_hang_logged = False
         self._dir_missing_logged = False
         self._watch_stop = threading.Event()
         self._watch_thread: Optional[threading.Thread] = None
@@ -141,8 +144,10 @@ class Controller:
         wake_at = now + 60.0 if recheck_at is None else recheck_at
         if isinstance(self.plugin.impl, SimpleImpl):
             if now >= self._next_scan:
-                self._scan()
-                self._next_scan = now + self.plugin.impl.interval
+                if self._scan() is not None:
+                    self._next_scan = now + self.plugin.impl.interval
+                else:  # the last scan still runs: try again once it returns (it wakes us)
+                    wake_at = min(wake_at, now + 5.0)
             wake_at = min(wake_at, self._next_scan)
         self._collect_registration(now)
         if not self.registered.is_set() and not self.fatal and self._attempt is None:
@@ -223,7 +228,14 @@ class Controller:
 
     def _stream_ended(self, context: ServerContext, generation: int) -> None:
         # Only the current server's streams count, and only ends the kubelet caused.
-        if generation == self.generation and context.cancelled() and not self._stopping:
+        # A tool such as `sdplite inspect` may watch too: only when no stream is
+        # left is the kubelet no longer watching.
+        if (
+            generation == self.generation
+            and context.cancelled()
+            and not self._stopping
+            and self.plugin.state.stream_count == 0
+        ):
             server = self.server
             if server is not None and not server.stopping and self.registered.is_set():
                 self._stream_lost_at = time.monotonic()
@@ -231,18 +243,48 @@ class Controller:
 
     # -- the device list ---------------------------------------------------------
 
-    def _scan(self) -> None:
+    def _scan(self) -> Optional[threading.Event]:
+        """Re-read get_devices on a short-lived thread, so one that hangs never
+        stalls restart detection; returns an event set when that scan is done,
+        or None if the previous scan has not returned yet."""
         impl = self.plugin.impl
         assert isinstance(impl, SimpleImpl)
-        devices = impl.scan()
-        if devices is not None:
-            self.plugin.state.publish(devices)
+        running = self._scan_thread
+        if running is not None and running.is_alive():
+            if not self._scan_hang_logged:
+                log.warning(
+                    "%s: get_devices has not returned after %.0fs; keeping the last good list",
+                    self.plugin.resource_name,
+                    time.monotonic() - self._scan_started,
+                )
+                self._scan_hang_logged = True
+            return None
+        done = threading.Event()
+
+        def scan() -> None:
+            try:
+                devices = impl.scan()
+                if devices is not None:
+                    self.plugin._publish_from_impl(devices)
+            finally:
+                done.set()
+                self._wake()
+
+        self._scan_started = time.monotonic()
+        self._scan_hang_logged = False
+        self._scan_thread = threading.Thread(
+            target=scan, name=f"sdplite-scan-{self.plugin.socket_name}", daemon=True
+        )
+        self._scan_thread.start()
+        return done
 
     def _start_watch(self) -> None:
         impl = self.plugin.impl
         if isinstance(impl, SimpleImpl):
-            self._next_scan = 0.0
-            self._scan()
+            # Register with the real list, not an empty one, if it comes quickly.
+            scanning = self._scan()
+            if scanning is not None:
+                scanning.wait(FIRST_LIST_WAIT)
             self._next_scan = time.monotonic() + impl.interval
             return
         self._watch_stop = threading.Event()
@@ -359,3 +401,5 @@ class Controller:
         else:
             self._stop_watch()
         self._abandon_registration(wait=5.0)
+        if self._scan_thread is not None:
+            self._scan_thread.join(1.0)
