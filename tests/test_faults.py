@@ -19,13 +19,14 @@ from typing import Any
 import grpc
 import pytest
 
-from conftest import fd_count, thread_count, wait_until
-from kubelet_standin import GrpcioKubelet
 from sdplite import Device, PluginError, Watch, build
 from sdplite.api import deviceplugin_pb2 as pb
 from sdplite.api import paths
 from sdplite.testing import KubeletEmulator
 from sdplite.wire import Channel
+
+from conftest import fd_count, thread_count, wait_until
+from kubelet_standin import GrpcioKubelet
 
 RESOURCE = "example.com/disk"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
