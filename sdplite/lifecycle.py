@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .impl import SimpleImpl, Watch, has_hook
-from .registration import RegisterAttempt, RegisterOutcome
+from .registration import RegisterAttempt, RegisterOutcome, plugin_watcher_methods
 from .service import device_plugin_methods, plugin_options
 from .wire import Server, ServerContext
 
@@ -150,6 +150,8 @@ class Controller:
                     wake_at = min(wake_at, now + 5.0)
             wake_at = min(wake_at, self._next_scan)
         self._collect_registration(now)
+        if self.plugin.registry_dir:
+            return wake_at  # the kubelet's plugin watcher comes to us
         if not self.registered.is_set() and not self.fatal and self._attempt is None:
             if now >= self._next_register:
                 self._start_registration()
@@ -168,8 +170,8 @@ class Controller:
             return None, None
         if not server.owns_socket():
             return f"our socket {server.path} was removed or replaced", None
-        if not self.registered.is_set():
-            return None, None
+        if not self.registered.is_set() or self.plugin.registry_dir:
+            return None, None  # the plugin watcher needs no restart handling
         current = _file_id(self.plugin.kubelet_socket)
         if current is not None and current != self._kubelet_id:
             return "kubelet.sock was re-created (kubelet restart)", None
@@ -186,9 +188,10 @@ class Controller:
 
     def _start_server(self) -> bool:
         plugin = self.plugin
-        if not os.path.isdir(plugin.plugin_dir):
+        directory = os.path.dirname(plugin.socket_path)
+        if not os.path.isdir(directory):
             if not self._dir_missing_logged:
-                log.warning("%s: waiting for %s to exist", plugin.resource_name, plugin.plugin_dir)
+                log.warning("%s: waiting for %s to exist", plugin.resource_name, directory)
                 self._dir_missing_logged = True
             return False
         self._dir_missing_logged = False
@@ -199,6 +202,8 @@ class Controller:
             methods = device_plugin_methods(
                 plugin.impl, plugin.state, lambda ctx: self._stream_ended(ctx, generation)
             )
+            if plugin.registry_dir:
+                methods += plugin_watcher_methods(plugin.resource_name, self._watcher_status)
             server = Server(plugin.socket_path, methods, **plugin.server_options)
             server.start()
         except PluginError as exc:
@@ -385,6 +390,16 @@ class Controller:
         )
         self._next_register = now + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_CAP)
+
+    def _watcher_status(self, registered: bool, error: str) -> None:
+        """NotifyRegistrationStatus from the kubelet's plugin watcher."""
+        name = self.plugin.resource_name
+        if registered:
+            self.registered.set()
+            log.info("%s: registered with the kubelet's plugin watcher (%s)", name, self.plugin.socket_path)
+        else:
+            self.registered.clear()
+            log.error("%s: the kubelet's plugin watcher refused the plugin: %s", name, error)
 
     def _call_hook(self, name: str) -> None:
         if has_hook(self.plugin.impl, name):

@@ -22,6 +22,7 @@ __all__ = ["build", "DevicePlugin", "DEFAULT_PLUGIN_DIR"]
 log = logging.getLogger("sdplite")
 
 DEFAULT_PLUGIN_DIR = paths.DEVICE_PLUGIN_PATH.rstrip("/")
+DEFAULT_REGISTRY_DIR = paths.PLUGINS_REGISTRY_PATH.rstrip("/")
 
 
 class DevicePlugin:
@@ -40,11 +41,15 @@ class DevicePlugin:
         plugin_dir: str,
         register_timeout: float = REGISTER_TIMEOUT,
         server_options: Optional[dict[str, Any]] = None,
+        registry_dir: Optional[str] = None,
     ) -> None:
         self.resource_name = validate_resource_name(resource_name)
         self.plugin_dir = plugin_dir
         self.socket_name = socket_name
-        self.socket_path = validate_socket_name(socket_name, plugin_dir)
+        #: Set for plugin-watcher registration: the socket lives there and the
+        #: kubelet finds it; no Register call, no restart handling needed.
+        self.registry_dir = registry_dir
+        self.socket_path = validate_socket_name(socket_name, registry_dir or plugin_dir)
         self.kubelet_socket = os.path.join(plugin_dir, paths.KUBELET_SOCKET)
         self.impl = impl
         self.register_timeout = register_timeout
@@ -159,6 +164,8 @@ def build(
     plugin_dir: Optional[str] = None,
     interval: float = 10.0,
     register_timeout: float = REGISTER_TIMEOUT,
+    registration: str = "kubelet",
+    registry_dir: Optional[str] = None,
     **server_options: Any,
 ) -> DevicePlugin:
     """Make a device plugin for ``resource_name`` served on ``socket_name``.
@@ -168,12 +175,24 @@ def build(
     object with ``list_and_watch`` and the optional hooks described in
     :mod:`sdplite.impl` (flexible mode).
 
-    ``plugin_dir`` defaults to ``$SDPLITE_PLUGIN_DIR`` or
-    ``/var/lib/kubelet/device-plugins``; the kubelet's socket is
-    ``kubelet.sock`` in it. Further keywords tune the gRPC server (see
-    :class:`sdplite.wire.Server`).
+    ``registration`` is how the kubelet learns of the plugin:
+
+    - ``"kubelet"`` (default): serve in ``plugin_dir`` (default
+      ``$SDPLITE_PLUGIN_DIR`` or ``/var/lib/kubelet/device-plugins``) and call
+      Register on its ``kubelet.sock``; re-register after kubelet restarts.
+    - ``"plugins_registry"``: serve in ``registry_dir`` (default
+      ``$SDPLITE_REGISTRY_DIR`` or ``/var/lib/kubelet/plugins_registry``), where
+      the kubelet's plugin watcher finds the socket, asks GetInfo and connects;
+      the kubelet never deletes these sockets, so restarts need nothing.
+
+    Further keywords tune the gRPC server (see :class:`sdplite.wire.Server`).
     """
     directory = plugin_dir or os.environ.get("SDPLITE_PLUGIN_DIR") or DEFAULT_PLUGIN_DIR
+    if registration not in ("kubelet", "plugins_registry"):
+        raise ValueError(f"registration must be 'kubelet' or 'plugins_registry', not {registration!r}")
+    registry = None
+    if registration == "plugins_registry":
+        registry = registry_dir or os.environ.get("SDPLITE_REGISTRY_DIR") or DEFAULT_REGISTRY_DIR
     if hasattr(impl, "list_and_watch"):
         if not callable(impl.list_and_watch):
             raise TypeError("impl.list_and_watch must be a method taking a Watch")
@@ -185,4 +204,6 @@ def build(
             f"build() takes a get_devices callable or an object with list_and_watch(watch), "
             f"not {type(impl).__name__}"
         )
-    return DevicePlugin(resource_name, socket_name, chosen, directory, register_timeout, server_options)
+    return DevicePlugin(
+        resource_name, socket_name, chosen, directory, register_timeout, server_options, registry
+    )

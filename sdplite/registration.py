@@ -1,4 +1,4 @@
-"""Registering with the kubelet through ``kubelet.sock``.
+"""Registering with the kubelet: through ``kubelet.sock``, or found in plugins_registry.
 
 The kubelet answers Register only after it has dialled our socket back and
 fetched our options, so our server must already be serving (KUBELET.md 2).
@@ -11,13 +11,20 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from .api import deviceplugin_pb2 as pb
 from .api import paths
-from .wire import Channel, GrpcError, StatusCode
+from .api import pluginregistration_pb2 as reg
+from .wire import Channel, GrpcError, Method, ServerContext, StatusCode, unary
 
-__all__ = ["RegisterOutcome", "RegisterResult", "RegisterAttempt", "register"]
+__all__ = [
+    "RegisterOutcome",
+    "RegisterResult",
+    "RegisterAttempt",
+    "register",
+    "plugin_watcher_methods",
+]
 
 #: How long to wait for Register: the kubelet's dial-back alone may take 10 s.
 REGISTER_TIMEOUT = 30.0
@@ -104,3 +111,33 @@ class RegisterAttempt:
             channel = self._channel
         if channel is not None:
             channel.close()
+
+
+# -- plugin-watcher registration (KUBELET.md 6) -------------------------------------
+
+
+def plugin_watcher_methods(resource_name: str, on_status: Callable[[bool, str], None]) -> list[Method[Any]]:
+    """The ``pluginregistration.Registration`` service for a socket in plugins_registry.
+
+    The kubelet finds the socket itself, asks GetInfo, connects to the
+    DevicePlugin service on the same socket (empty endpoint) and reports the
+    outcome with NotifyRegistrationStatus.
+    """
+    info = reg.PluginInfo(
+        type=paths.DEVICE_PLUGIN_TYPE,
+        name=resource_name,
+        endpoint="",
+        supported_versions=list(paths.SUPPORTED_VERSIONS),
+    )
+
+    def get_info(request: reg.InfoRequest, context: ServerContext) -> reg.PluginInfo:
+        return info
+
+    def notify(request: reg.RegistrationStatus, context: ServerContext) -> reg.RegistrationStatusResponse:
+        on_status(request.plugin_registered, request.error)
+        return reg.RegistrationStatusResponse()
+
+    return [
+        unary(paths.GET_INFO, get_info, reg.InfoRequest),
+        unary(paths.NOTIFY_REGISTRATION_STATUS, notify, reg.RegistrationStatus),
+    ]

@@ -47,7 +47,8 @@ class Supervisor:
         for plugin, controller in zip(plugins, self.controllers):
             plugin._attach(controller)
         self._stop = threading.Event()
-        self._watches = {p.plugin_dir: DirWatch(p.plugin_dir) for p in plugins}
+        dirs = {os.path.dirname(p.socket_path) for p in plugins}
+        self._watches = {d: DirWatch(d) for d in dirs}
         self._closed = False
 
     def wake(self) -> None:
@@ -97,7 +98,7 @@ class Supervisor:
         for directory, watch in self._watches.items():
             if watch.fileno() in ready and "kubelet.sock" in watch.drain():
                 for plugin, controller in zip(self.plugins, self.controllers):
-                    if plugin.plugin_dir == directory:
+                    if os.path.dirname(plugin.socket_path) == directory:
                         controller.request_register()
 
     def _close(self) -> None:

@@ -3,7 +3,8 @@
 Shows the plugin's options and its device list (--follow: every update until
 Ctrl-C), and with --allocate calls Allocate for the given IDs and prints what
 the container would get. Works with plugins written with anything, not just
-sdplite.
+sdplite. With --pod-resources it asks the kubelet's pod-resources API instead:
+which pod and container got which devices, and what is allocatable.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from google.protobuf import json_format
 
 from ..api import deviceplugin_pb2 as pb
 from ..api import paths
+from ..podresources import PodResourcesClient
 from ..wire import Channel, GrpcError
 
 
@@ -37,6 +39,11 @@ def _emit(args: argparse.Namespace, title: str, message: Any, text: str) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pod_resources:
+        return _pod_resources(args)
+    if not args.socket:
+        print("sdplite inspect: give the plugin's SOCKET (or --pod-resources)", file=sys.stderr)
+        return 2
     try:
         with Channel(args.socket, connect_timeout=args.timeout) as channel:
             options = channel.unary(
@@ -69,6 +76,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pod_resources(args: argparse.Namespace) -> int:
+    path = args.socket or paths.POD_RESOURCES_SOCKET
+    try:
+        with PodResourcesClient(path, timeout=args.timeout) as client:
+            pods = client.list()
+            allocatable = client.get_allocatable_resources()
+    except GrpcError as exc:
+        print(f"sdplite inspect: {path}: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    lines = [f"pods: {len(pods.pod_resources)}"]
+    for pod in pods.pod_resources:
+        for container in pod.containers:
+            for devices in container.devices:
+                lines.append(
+                    f"  {pod.namespace}/{pod.name}/{container.name}: {devices.resource_name} "
+                    f"{', '.join(devices.device_ids)}"
+                )
+    lines.append("allocatable:")
+    lines += [f"  {d.resource_name}: {', '.join(d.device_ids)}" for d in allocatable.devices]
+    _emit(args, "pod_resources", pods, "\n".join(lines))
+    if args.json:
+        _emit(args, "allocatable", allocatable, "")
+    return 0
+
+
 def _allocation_text(response: Any) -> str:
     lines = []
     for container in response.container_responses:
@@ -92,7 +124,13 @@ def add_parser(commands: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("socket", metavar="SOCKET", help="the plugin's Unix socket path")
+    parser.add_argument("socket", metavar="SOCKET", nargs="?", help="the plugin's Unix socket path")
+    parser.add_argument(
+        "--pod-resources",
+        action="store_true",
+        help="query the kubelet's pod-resources socket instead (SOCKET defaults to "
+        f"{paths.POD_RESOURCES_SOCKET}): which pod and container got which devices",
+    )
     parser.add_argument("--follow", action="store_true", help="keep printing device list updates")
     parser.add_argument(
         "--allocate",

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from ..api import deviceplugin_pb2 as pb
 from ..api import paths
+from ..api import pluginregistration_pb2 as reg
 from ..naming import InvalidNameError, validate_resource_name
 from ..wire import Channel, GrpcError, Server, StatusCode, StreamingCall, unary
 
@@ -77,8 +78,17 @@ class KubeletEmulator:
     ...     kubelet.wait_for_devices("example.com/x", count=2)
     """
 
-    def __init__(self, directory: str, on_event: Optional[EventCallback] = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        on_event: Optional[EventCallback] = None,
+        registry_dir: Optional[str] = None,
+    ) -> None:
         self.directory = directory
+        #: When set, also act as the kubelet's plugin watcher on this directory.
+        self.registry_dir = registry_dir
+        self._watcher: Optional[threading.Thread] = None
+        self._watcher_stop = threading.Event()
         self.socket = os.path.join(directory, paths.KUBELET_SOCKET)
         self.on_event = on_event
         self.resources: dict[str, Resource] = {}
@@ -97,6 +107,13 @@ class KubeletEmulator:
             os.unlink(self.socket)  # a leftover of a killed kubelet
         self._server = Server(self.socket, [unary(paths.REGISTER, self._register, pb.RegisterRequest)])
         self._server.start()
+        if self.registry_dir is not None:
+            os.makedirs(self.registry_dir, mode=0o750, exist_ok=True)
+            self._watcher_stop = threading.Event()
+            self._watcher = threading.Thread(
+                target=self._watch_registry, name="emulator-plugin-watcher", daemon=True
+            )
+            self._watcher.start()
         return self
 
     def __enter__(self) -> KubeletEmulator:
@@ -107,6 +124,10 @@ class KubeletEmulator:
 
     def stop(self) -> None:
         """Disconnect every plugin and stop serving, as a stopping kubelet does."""
+        self._watcher_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
+            self._watcher = None
         with self._cond:
             resources = list(self.resources.values())
         for resource in resources:
@@ -161,17 +182,23 @@ class KubeletEmulator:
         except GrpcError:
             raise self._refuse(name, "failed to dial device plugin: context deadline exceeded") from None
         try:
-            options = channel.unary(paths.GET_DEVICE_PLUGIN_OPTIONS, pb.Empty(), pb.DevicePluginOptions)
+            self._connect(name, request.endpoint, channel, request)
         except GrpcError as exc:
             channel.close()
             raise self._refuse(name, f"failed to get device plugin options: {exc.message}") from None
-        resource = Resource(name, request.endpoint, options, channel)
+        return pb.Empty()
+
+    def _connect(self, name: str, endpoint: str, channel: Channel, request: Any) -> Resource:
+        """What the device manager does once a plugin is validated: options, then ListAndWatch."""
+        options = channel.unary(paths.GET_DEVICE_PLUGIN_OPTIONS, pb.Empty(), pb.DevicePluginOptions)
+        request.options.CopyFrom(options)
+        resource = Resource(name, endpoint, options, channel)
         with self._cond:
             old = self.resources.get(name)
             self.resources[name] = resource
             self.registrations.append(request)
             self._cond.notify_all()
-        if old is not None:
+        if old is not None and old.channel is not channel:
             old.channel.close()  # the newest registration wins
         self._emit("registered", name, resource)
         thread = threading.Thread(
@@ -179,7 +206,94 @@ class KubeletEmulator:
         )
         self._threads.append(thread)
         thread.start()
-        return pb.Empty()
+        return resource
+
+    # -- the plugin watcher (plugins_registry, KUBELET.md 6) ---------------------
+
+    def _watch_registry(self) -> None:
+        """Poll the registry every 0.1 s: new or re-created sockets register, gone ones leave."""
+        assert self.registry_dir is not None
+        known: dict[str, tuple[int, int]] = {}
+        while True:
+            current: dict[str, tuple[int, int]] = {}
+            for root, _dirs, files in os.walk(self.registry_dir):
+                for entry in files:
+                    path = os.path.join(root, entry)
+                    try:
+                        st = os.lstat(path)
+                    except OSError:
+                        continue
+                    if not entry.startswith(".") and stat.S_ISSOCK(st.st_mode):
+                        current[path] = (st.st_ino, st.st_mtime_ns)
+            for path, ident in current.items():
+                if known.get(path) != ident and self._register_from_registry(path):
+                    known[path] = ident
+            for path in [p for p in known if p not in current]:
+                del known[path]
+                self._deregister(path)
+            if self._watcher_stop.wait(0.1):
+                return
+
+    def _register_from_registry(self, path: str) -> bool:
+        """Dial, GetInfo (1 s), validate, connect, then NotifyRegistrationStatus (5 s)."""
+        try:
+            channel = Channel(path, connect_timeout=10.0)
+        except GrpcError as exc:
+            log.warning("plugin watcher: %s: %s", path, exc)
+            return False
+        try:
+            info = channel.unary(paths.GET_INFO, reg.InfoRequest(), reg.PluginInfo, timeout=1.0)
+        except GrpcError as exc:
+            log.warning("plugin watcher: GetInfo on %s: %s", path, exc)
+            channel.close()
+            return False
+        error = ""
+        if info.type != paths.DEVICE_PLUGIN_TYPE:
+            error = (
+                f"RegisterPlugin error -- no handler registered for plugin type: {info.type} at socket {path}"
+            )
+        elif paths.VERSION not in info.supported_versions:
+            error = f"invalid versions {list(info.supported_versions)}: none is {paths.VERSION}"
+        else:
+            try:
+                validate_resource_name(info.name)
+            except InvalidNameError:
+                error = f'invalid name of device plugin socket: the ResourceName "{info.name}" is invalid'
+        if not error:
+            endpoint = info.endpoint or path
+            plugin_channel = channel
+            try:
+                if endpoint != path:
+                    plugin_channel = Channel(endpoint, connect_timeout=10.0)
+                request = pb.RegisterRequest(
+                    version=paths.VERSION, endpoint=endpoint, resource_name=info.name
+                )
+                self._connect(info.name, endpoint, plugin_channel, request)
+            except GrpcError as exc:
+                error = f"failed to connect to device plugin {info.name}: {exc.message}"
+        if error:
+            self._emit("refused", info.name, error)
+            with self._cond:
+                self.refusals.append(error)
+                self._cond.notify_all()
+        try:
+            channel.unary(
+                paths.NOTIFY_REGISTRATION_STATUS,
+                reg.RegistrationStatus(plugin_registered=not error, error=error),
+                reg.RegistrationStatusResponse,
+                timeout=5.0,
+            )
+        except GrpcError as exc:
+            log.warning("plugin watcher: NotifyRegistrationStatus to %s failed: %s", path, exc)
+        if error:
+            channel.close()
+        return True
+
+    def _deregister(self, path: str) -> None:
+        with self._cond:
+            gone = [r for r in self.resources.values() if r.endpoint == path]
+        for resource in gone:
+            resource.channel.close()
 
     def _list_and_watch(self, resource: Resource) -> None:
         try:

@@ -1,8 +1,9 @@
-"""Three places where h2 4.x is harsher or laxer than HTTP/2 asks, put right.
+"""Four places where h2 4.x is harsher or laxer than HTTP/2 asks, put right.
 
-h2 is pinned below 5 (setup.cfg) because these reach into two of its
-internals (``FrameBuffer`` and ``_receive_headers_frame``); the tests in
-tests/test_hostile_input.py pin each behaviour down.
+h2 is pinned below 5 (setup.cfg) because these reach into three of its
+internals (``FrameBuffer``, ``_receive_headers_frame``, ``_receive_frame``);
+the tests in tests/test_hostile_input.py pin 1-3 down, the drain case of
+tests/interop/spec.py (run against grpc-go) pins 4.
 
 1. A frame header declaring a body larger than our max frame size is refused
    as soon as its 9 bytes arrive; h2 would first buffer the whole declared
@@ -12,6 +13,11 @@ tests/test_hostile_input.py pin each behaviour down.
 3. A stream opened beyond our advertised SETTINGS_MAX_CONCURRENT_STREAMS is
    refused with RST_STREAM(REFUSED_STREAM) (RFC 9113 5.1.2), which a gRPC
    client retries; h2 would tear the whole connection down.
+4. Frames that arrive after a GOAWAY (the peer's or ours) are dropped. h2
+   moves to CLOSED on GOAWAY and raises on anything but another GOAWAY
+   (h2#1199), so grpc-go's GracefulStop, a GOAWAY then a PING, looked like a
+   protocol error: the GOAWAY event was lost and a GOAWAY(PROTOCOL_ERROR)
+   went back. The connection is ending either way (GRPC-H2.md 1.10).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
+import hyperframe.frame
 
 __all__ = ["new_connection"]
 
@@ -46,7 +53,16 @@ class _StrictFrameBuffer(h2.frame_buffer.FrameBuffer):
         return super().__next__()
 
 
-class _ServerConnection(h2.connection.H2Connection):
+class _Connection(h2.connection.H2Connection):
+    def _receive_frame(self, frame: Any) -> Any:
+        if self.state_machine.state is h2.connection.ConnectionState.CLOSED and not isinstance(
+            frame, hyperframe.frame.GoAwayFrame
+        ):
+            return []
+        return super()._receive_frame(frame)
+
+
+class _ServerConnection(_Connection):
     def _receive_headers_frame(self, frame: Any) -> Any:
         if frame.stream_id in self.streams:
             return super()._receive_headers_frame(frame)
@@ -67,7 +83,7 @@ class _ServerConnection(h2.connection.H2Connection):
 
 def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connection:
     """An H2Connection with the fixes above (the stream limit on the server side only)."""
-    cls = h2.connection.H2Connection if config.client_side else _ServerConnection
+    cls = _Connection if config.client_side else _ServerConnection
     conn = cls(config)
     strict = _StrictFrameBuffer(server=not config.client_side)
     strict.max_frame_size = conn.max_inbound_frame_size
