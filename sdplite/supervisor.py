@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from .dirwatch import DirWatch
+from .health import StatusFile
 from .lifecycle import Controller, PluginError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ POLL_WITHOUT_INOTIFY = 0.1
 
 
 class Supervisor:
-    def __init__(self, plugins: Sequence[DevicePlugin]) -> None:
+    def __init__(self, plugins: Sequence[DevicePlugin], status_file: Optional[str] = None) -> None:
         if not plugins:
             raise ValueError("give at least one plugin to run")
         paths = [p.socket_path for p in plugins]
@@ -50,6 +51,8 @@ class Supervisor:
         dirs = {os.path.dirname(p.socket_path) for p in plugins}
         self._watches = {d: DirWatch(d) for d in dirs}
         self._closed = False
+        path = status_file or os.environ.get("SDPLITE_STATUS_FILE")
+        self._status = StatusFile(path) if path else None
 
     def wake(self) -> None:
         try:
@@ -71,6 +74,8 @@ class Supervisor:
             while not self._stop.is_set():
                 now = time.monotonic()
                 wake_at = min(c.step(now) for c in self.controllers)
+                if self._status is not None:
+                    self._status.update(self.controllers)
                 failed = [c for c in self.controllers if c.fatal]
                 if failed:
                     raise PluginError("; ".join(c.fatal or "" for c in failed))
@@ -78,6 +83,8 @@ class Supervisor:
         finally:
             for controller in self.controllers:
                 controller.shutdown()
+            if self._status is not None:
+                self._status.remove()
             self._close()
 
     def _sleep(self, timeout: float) -> None:

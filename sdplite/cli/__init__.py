@@ -1,4 +1,4 @@
-"""The ``sdplite`` command: demo, kubelet, serve, inspect (``sdplite COMMAND --help``)."""
+"""The ``sdplite`` command: demo, kubelet, serve, inspect, health (``sdplite COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .. import __version__
-from . import demo, inspect, kubelet, serve
+from . import demo, health, inspect, kubelet, serve
 
 __all__ = ["main"]
 
@@ -20,7 +20,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"sdplite {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, kubelet, serve, inspect):
+    for module in (demo, kubelet, serve, inspect, health):
         module.add_parser(commands)
     args = parser.parse_args(argv)
     try:

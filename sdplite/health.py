@@ -1,0 +1,92 @@
+"""A status file the plugin process keeps, and the check a liveness probe runs on it.
+
+With ``SDPLITE_STATUS_FILE`` set (or ``status_file`` given to the
+supervisor), the process writes a small JSON document whenever something
+changes and at least every ``HEARTBEAT`` seconds: for each plugin, whether it
+is registered and how many ListAndWatch streams are open. ``sdplite health``
+(a DaemonSet's exec liveness probe) reads it and fails when the process has
+stopped writing, or when a plugin is not registered or nobody watches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .lifecycle import Controller
+
+__all__ = ["StatusFile", "check_status", "HEARTBEAT"]
+
+HEARTBEAT = 10.0
+
+
+class StatusFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._last: Optional[list[dict[str, Any]]] = None
+        self._written = 0.0
+
+    def update(self, controllers: Sequence[Controller], force: bool = False) -> None:
+        """Rewrite the file if the state changed or the heartbeat is due (atomic replace)."""
+        plugins = [
+            {
+                "resource": c.plugin.resource_name,
+                "socket": c.plugin.socket_path,
+                "registered": c.registered.is_set(),
+                "streams": c.plugin.state.stream_count,
+                "devices": len(c.plugin.state.devices),
+                "healthy": sum(1 for d in c.plugin.state.devices if d.healthy),
+                "error": c.fatal,
+            }
+            for c in controllers
+        ]
+        now = time.time()
+        if not force and plugins == self._last and now - self._written < HEARTBEAT:
+            return
+        document = {"time": now, "pid": os.getpid(), "plugins": plugins}
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sdplite-status-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle)
+        os.replace(tmp, self.path)
+        self._last, self._written = plugins, now
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def check_status(path: str, max_age: float = 3 * HEARTBEAT) -> tuple[bool, str]:
+    """(healthy, why) for a status file, as a liveness probe should judge it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        return False, f"no status file at {path}: is the plugin running with SDPLITE_STATUS_FILE set?"
+    except (OSError, ValueError) as exc:
+        return False, f"unreadable status file {path}: {exc}"
+    age = time.time() - float(document.get("time", 0))
+    if age > max_age:
+        return False, f"status is {age:.0f}s old (over {max_age:.0f}s): the plugin process is stuck or gone"
+    problems = []
+    for plugin in document.get("plugins", []):
+        name = plugin.get("resource")
+        if plugin.get("error"):
+            problems.append(f"{name}: {plugin['error']}")
+        elif not plugin.get("registered"):
+            problems.append(f"{name}: not registered with the kubelet")
+        elif not plugin.get("streams"):
+            problems.append(f"{name}: registered but the kubelet holds no ListAndWatch stream")
+    if not document.get("plugins"):
+        problems.append("no plugins in the status file")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"{len(document['plugins'])} plugin(s) registered and watched"

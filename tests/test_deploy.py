@@ -1,0 +1,136 @@
+"""Deployment: manifests checked against the Kubernetes API schema; the image's install steps run."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import venv
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from sdplite.cli.serve_config import parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPLOY = os.path.join(ROOT, "deploy")
+MODELS = {("apps/v1", "DaemonSet"): "V1DaemonSet", ("v1", "ConfigMap"): "V1ConfigMap"}
+
+
+def manifests() -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted(glob.glob(os.path.join(DEPLOY, "*.yaml"))):
+        if os.path.basename(path) != "kustomization.yaml":
+            with open(path) as handle:
+                documents += [d for d in yaml.safe_load_all(handle) if d]
+    return documents
+
+
+def _typed(document: dict[str, Any]) -> Any:
+    """Deserialise into the API model; serialising it back must give the same document."""
+    model = MODELS[(document["apiVersion"], document["kind"])]
+    api = client.ApiClient()
+    # The client's own deserialiser (its public wrapper's signature differs across versions).
+    obj = api._ApiClient__deserialize(document, model)
+    assert api.sanitize_for_serialization(obj) == document, (
+        f"{document['kind']} has fields the {model} schema does not know (misspelled or misplaced)"
+    )
+    return obj
+
+
+@pytest.mark.parametrize("document", manifests(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
+def test_manifests_match_the_api_schema(document: dict[str, Any]) -> None:
+    _typed(document)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    with open(os.path.join(DEPLOY, "kustomization.yaml")) as handle:
+        kustomization = yaml.safe_load(handle)
+    listed = set(kustomization["resources"])
+    present = {os.path.basename(p) for p in glob.glob(os.path.join(DEPLOY, "*.yaml"))} - {
+        "kustomization.yaml"
+    }
+    assert listed == present
+
+
+def test_daemonset_is_least_privilege_and_probed() -> None:
+    daemonset = next(_typed(d) for d in manifests() if d["kind"] == "DaemonSet")
+    pod = daemonset.spec.template.spec
+    container = pod.containers[0]
+    security = container.security_context
+    assert not security.privileged and not security.allow_privilege_escalation
+    assert security.read_only_root_filesystem and security.capabilities.drop == ["ALL"]
+    assert container.liveness_probe._exec.command == ["sdplite", "health"]
+    assert container.resources.requests and container.resources.limits
+    assert any(t.operator == "Exists" for t in pod.tolerations)
+    host_paths = {v.host_path.path for v in pod.volumes if v.host_path}
+    assert "/var/lib/kubelet/device-plugins" in host_paths
+    mounts = {m.mount_path: m for m in container.volume_mounts}
+    assert mounts["/dev"].read_only
+    status_env = {e.name: e.value for e in container.env}["SDPLITE_STATUS_FILE"]
+    assert status_env.startswith("/run/sdplite/") and "/run/sdplite" in mounts
+
+
+def test_the_configmap_is_a_valid_serve_config() -> None:
+    configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
+    config = parse_config(json.loads(configmap["data"]["serve.json"]))
+    assert config.resources[0].name == "example.com/serial"
+
+
+def test_dockerfile_install_steps_work_in_a_fresh_venv(tmp_path: Any) -> None:
+    """The image's RUN lines, run as written (paths mapped into a temp dir), give a working sdplite."""
+    with open(os.path.join(ROOT, "Dockerfile")) as handle:
+        runs = re.findall(r"^RUN (.+)$", handle.read(), re.M)
+    assert len(runs) == 2, runs
+    env_dir = os.path.join(str(tmp_path), "venv")
+    venv.create(env_dir, with_pip=True)
+    bin_dir = os.path.join(env_dir, "bin")
+    wheels = os.path.join(str(tmp_path), "wheels")
+    for command in runs:
+        command = command.replace("/wheels", wheels)
+        result = subprocess.run(
+            ["bash", "-c", command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert not os.path.exists(wheels)
+    listing = subprocess.run(
+        [os.path.join(bin_dir, "pip"), "list", "--format=freeze"], capture_output=True, text=True, check=True
+    ).stdout.lower()
+    assert "grpcio" not in listing and "sdplite==" in listing
+    for args in (["--version"], ["serve", "--help"], ["health", "--help"]):
+        assert (
+            subprocess.run(
+                [os.path.join(bin_dir, "sdplite"), *args], capture_output=True, timeout=60
+            ).returncode
+            == 0
+        )
+
+
+def test_python_m_build_makes_a_wheel_and_sdist_that_run_the_demo(tmp_path: Any) -> None:
+    out = os.path.join(str(tmp_path), "dist")
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", out, ROOT], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    wheel = glob.glob(os.path.join(out, "sdplite-*.whl"))
+    sdist = glob.glob(os.path.join(out, "sdplite-*.tar.gz"))
+    assert len(wheel) == 1 and len(sdist) == 1
+    env_dir = os.path.join(str(tmp_path), "venv")
+    venv.create(env_dir, with_pip=True)
+    bin_dir = os.path.join(env_dir, "bin")
+    subprocess.run([os.path.join(bin_dir, "pip"), "install", "-q", wheel[0]], check=True, timeout=600)
+    demo = subprocess.run(
+        [os.path.join(bin_dir, "sdplite"), "demo"], capture_output=True, text=True, timeout=120
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.rstrip().endswith("done.")
