@@ -17,7 +17,6 @@ from .api import paths
 from .devices import (
     Allocation,
     Device,
-    DeviceListError,
     default_allocation,
     encode_device_list,
     normalize_devices,
@@ -223,6 +222,3 @@ def device_plugin_methods(
     if options.get_preferred_allocation_available:
         methods.append(unary_method(paths.GET_PREFERRED_ALLOCATION, preferred, pb.PreferredAllocationRequest))
     return methods
-
-
-__all__ += ["DeviceListError"]

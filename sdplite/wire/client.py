@@ -20,7 +20,7 @@ import h2.events
 import h2.exceptions
 
 from .. import __version__
-from .connection import H2Stream, StreamGone, Transport
+from .connection import H2Stream, StreamGone, Transport, error_name
 from .framing import DEFAULT_MAX_MESSAGE, MessageDecoder, encode_message
 from .status import (
     GrpcError,
@@ -145,17 +145,11 @@ class _ClientConnection(Transport):
         call = self.calls.get(event.stream_id)
         if call is not None:
             code = status_for_reset(event.error_code)
-            self._settle(call, code, f"stream reset by the server ({_code_name(event.error_code)})")
+            self._settle(call, code, f"stream reset by the server ({error_name(event.error_code)})")
 
     def _on_settings(self, event: Any) -> None:
         self.ready.set()
         self.cond.notify_all()
-
-    def _on_window(self, event: Any) -> None:
-        self.cond.notify_all()
-
-    def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
-        self._lose(f"server sent GOAWAY ({_code_name(event.error_code)})")
 
     _event_handlers = {
         h2.events.ResponseReceived: _on_headers,
@@ -164,8 +158,6 @@ class _ClientConnection(Transport):
         h2.events.StreamEnded: _on_ended,
         h2.events.StreamReset: _on_reset,
         h2.events.RemoteSettingsChanged: _on_settings,
-        h2.events.WindowUpdated: _on_window,
-        h2.events.ConnectionTerminated: _on_terminated,
     }
 
     def on_lost(self, reason: str) -> None:
@@ -379,10 +371,3 @@ def _decode(response_type: type[T], payload: bytes) -> T:
         return parse(payload)
     except Exception as exc:
         raise GrpcError(StatusCode.INTERNAL, f"could not decode the response message: {exc}") from None
-
-
-def _code_name(error_code: Optional[int]) -> str:
-    try:
-        return h2.errors.ErrorCodes(error_code or 0).name
-    except ValueError:
-        return f"error code {error_code}"

@@ -30,7 +30,7 @@ import h2.exceptions
 
 from .h2_fixes import new_connection
 
-__all__ = ["H2Stream", "StreamGone", "Transport", "Headers"]
+__all__ = ["H2Stream", "StreamGone", "Transport", "Headers", "error_name"]
 
 log = logging.getLogger("sdplite.wire")
 
@@ -260,11 +260,12 @@ class Transport:
             if handler is not None:
                 handler(self, event)
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self._lose(f"peer sent GOAWAY ({event.error_code!r})")
+                self._lose(f"peer sent GOAWAY ({error_name(event.error_code)})")
             elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                 self.cond.notify_all()
 
-    #: Subclasses map event types to ``handler(transport, event)`` (lock held).
+    #: Subclasses map event types to ``handler(transport, event)`` (lock held);
+    #: GOAWAY and window changes are handled here unless they do.
     _event_handlers: dict[type, Callable[[Any, Any], None]] = {}
 
     def _lose(self, reason: str) -> None:
@@ -318,3 +319,10 @@ class Transport:
 
     def on_closed(self) -> None:
         """Called (without the lock) once the socket is closed."""
+
+
+def error_name(error_code: Optional[int]) -> str:
+    try:
+        return h2.errors.ErrorCodes(error_code or 0).name
+    except ValueError:
+        return f"error code {error_code}"

@@ -135,10 +135,6 @@ class ResponseStream:
             self._ended = True
             self.queue.put(_End(StatusCode(code), message))
 
-    def abort(self, code: StatusCode, message: str = "") -> None:
-        """Like :meth:`end` with an error status, for symmetry with GrpcError."""
-        self.end(code, message)
-
     @property
     def ended(self) -> bool:
         return self._ended

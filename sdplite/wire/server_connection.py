@@ -192,20 +192,11 @@ class ServerConnection(Transport):
         if call is not None:
             self._cancel(call)
 
-    def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
-        self._lose(f"peer sent GOAWAY ({event.error_code!r})")
-
-    def _on_window(self, event: Any) -> None:
-        self.cond.notify_all()
-
     _event_handlers = {
         h2.events.RequestReceived: _on_request,
         h2.events.DataReceived: _on_data,
         h2.events.StreamEnded: _on_stream_ended,
         h2.events.StreamReset: _on_reset,
-        h2.events.ConnectionTerminated: _on_terminated,
-        h2.events.WindowUpdated: _on_window,
-        h2.events.RemoteSettingsChanged: _on_window,
     }
 
     # -- call state (lock held) ----------------------------------------------
