@@ -10,11 +10,12 @@ from .devices import Allocation, Device, DeviceListError, DeviceNode, Mount
 from .impl import DevicePluginImpl, Watch
 from .lifecycle import PluginError
 from .naming import InvalidNameError
-from .plugin import DevicePlugin, build
+from .plugin import DEFAULT_PLUGIN_DIR, DevicePlugin, build
 from .supervisor import run
 from .wire import GrpcError, StatusCode
 
 __all__ = [
+    "DEFAULT_PLUGIN_DIR",
     "Allocation",
     "Device",
     "DeviceListError",

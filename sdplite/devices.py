@@ -74,7 +74,9 @@ def _freeze(mapping: Optional[Mapping[str, str]]) -> tuple[tuple[str, str], ...]
 class Device:
     """One device as the kubelet sees it, plus what a container that gets it needs.
 
-    >>> Device("disk-0", numa_nodes=[0], nodes=[DeviceNode("/dev/sdb")], envs={"DISK": "sdb"})
+    For example ``Device("disk-0", numa_nodes=[0], nodes=[DeviceNode("/dev/sdb")],
+    envs={"DISK": "sdb"})``: healthy, on NUMA node 0, and a container that gets
+    it sees /dev/sdb and DISK=sdb.
     """
 
     id: str
@@ -111,6 +113,7 @@ class Device:
 
     @property
     def health(self) -> str:
+        """The kubelet's spelling: "Healthy" or "Unhealthy"."""
         return HEALTHY if self.healthy else UNHEALTHY
 
     def with_health(self, healthy: bool) -> Device:
@@ -127,6 +130,7 @@ class Device:
         )
 
     def to_proto(self) -> pb.Device:
+        """The v1beta1 Device message (ID, health, topology)."""
         device = pb.Device(ID=self.id, health=self.health)
         if self.numa_nodes:
             device.topology.nodes.extend(pb.NUMANode(ID=n) for n in self.numa_nodes)
@@ -134,6 +138,7 @@ class Device:
 
     @classmethod
     def from_proto(cls, device: pb.Device) -> Device:
+        """A Device from a v1beta1 Device message (no container data: the message has none)."""
         return cls(
             id=device.ID,
             healthy=device.health == HEALTHY,

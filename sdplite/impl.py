@@ -6,12 +6,13 @@ Flexible mode takes any object with these methods (all names Pythonic):
     Send the device list with ``watch.send(devices)``, then keep sending a new
     complete list whenever it changes, until ``watch.wait(seconds)`` returns
     True (the server is stopping). Runs on its own thread, started at each
-    server start and joined at each stop.
+    server start and joined at each stop. Returning early is fine (the last
+    list stays); raising is logged and it is called again after a pause.
 ``allocate(device_ids)`` (optional)
     Return what one container gets for these IDs: an :class:`Allocation`, a
     ``ContainerAllocateResponse``, or None for the default built from the
-    devices' data. Raise :class:`~sdplite.wire.GrpcError` or ``LookupError``
-    to refuse.
+    devices' data. Raise :class:`~sdplite.wire.GrpcError` (e.g.
+    INVALID_ARGUMENT) to refuse; any other exception is UNKNOWN.
 ``get_preferred_allocation(available, must_include, size)`` (optional)
     Return the preferred device IDs; offering it sets
     ``get_preferred_allocation_available``.
@@ -40,9 +41,11 @@ log = logging.getLogger("sdplite")
 
 @runtime_checkable
 class DevicePluginImpl(Protocol):
-    """The one required method of a flexible-mode implementation."""
+    """The one required method of a flexible-mode implementation; the optional
+    hooks are listed in this module's docstring."""
 
-    def list_and_watch(self, watch: Watch) -> None: ...
+    def list_and_watch(self, watch: Watch) -> None:
+        """Send complete device lists with ``watch.send`` until ``watch.wait`` is True."""
 
 
 class Watch:
@@ -65,6 +68,7 @@ class Watch:
 
     @property
     def stopping(self) -> bool:
+        """True once the server is stopping: return from list_and_watch."""
         return self._stop.is_set()
 
 

@@ -99,7 +99,10 @@ class Controller:
         self._backoff = BACKOFF_FIRST
         self._kubelet_id: Optional[tuple[int, int]] = None
         self._next_scan = 0.0
+        self._scan_requested = False
         self._scan_thread: Optional[threading.Thread] = None
+        self._scan_done = threading.Event()
+        self._scan_done.set()  # no scan running
         self._scan_started = 0.0
         self._scan_hang_logged = False
         self._dir_missing_logged = False
@@ -125,7 +128,7 @@ class Controller:
         self._next_register = 0.0
 
     def request_scan(self) -> None:
-        self._next_scan = 0.0
+        self._scan_requested = True
         self._wake()
 
     # -- the supervisor's step ---------------------------------------------------
@@ -143,10 +146,13 @@ class Controller:
                 return now + 0.5
         wake_at = now + 60.0 if recheck_at is None else recheck_at
         if isinstance(self.plugin.impl, SimpleImpl):
-            if now >= self._next_scan:
+            if self._scan_requested or now >= self._next_scan:
+                # Cleared before the scan starts, so a request made meanwhile is kept.
+                self._scan_requested = False
                 if self._scan() is not None:
                     self._next_scan = now + self.plugin.impl.interval
                 else:  # the last scan still runs: try again once it returns (it wakes us)
+                    self._scan_requested = True
                     wake_at = min(wake_at, now + 5.0)
             wake_at = min(wake_at, self._next_scan)
         self._collect_registration(now)
@@ -254,8 +260,7 @@ class Controller:
         or None if the previous scan has not returned yet."""
         impl = self.plugin.impl
         assert isinstance(impl, SimpleImpl)
-        running = self._scan_thread
-        if running is not None and running.is_alive():
+        if not self._scan_done.is_set():
             if not self._scan_hang_logged:
                 log.warning(
                     "%s: get_devices has not returned after %.0fs; keeping the last good list",
@@ -264,7 +269,7 @@ class Controller:
                 )
                 self._scan_hang_logged = True
             return None
-        done = threading.Event()
+        done = self._scan_done = threading.Event()
 
         def scan() -> None:
             try:
@@ -305,13 +310,20 @@ class Controller:
         watch.sent.wait(FIRST_LIST_WAIT)
 
     def _run_watch(self, impl: Any, watch: Watch) -> None:
-        try:
-            impl.list_and_watch(watch)
-        except Exception:
-            log.exception(
-                "%s: list_and_watch raised; the last good device list stays",
-                self.plugin.resource_name,
-            )
+        pause = 1.0
+        while True:
+            try:
+                impl.list_and_watch(watch)
+                return  # returning is fine: the last list stays
+            except Exception:
+                log.exception(
+                    "%s: list_and_watch raised; the last good list stays, calling it again in %.0fs",
+                    self.plugin.resource_name,
+                    pause,
+                )
+            if watch.wait(pause):
+                return
+            pause = min(pause * 2, 30.0)
 
     def _stop_watch(self) -> None:
         self._watch_stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from .registration import REGISTER_TIMEOUT
 from .service import DeviceState
 from .supervisor import BackgroundRunner
 from .supervisor import run as run_plugins
+from .wire import Server
 
 __all__ = ["build", "DevicePlugin", "DEFAULT_PLUGIN_DIR"]
 
@@ -91,6 +93,7 @@ class DevicePlugin:
 
     @property
     def registered(self) -> bool:
+        """True while the kubelet has this plugin registered."""
         return self._controller is not None and self._controller.registered.is_set()
 
     def wait_registered(self, timeout: float = 30.0) -> bool:
@@ -187,6 +190,10 @@ def build(
 
     Further keywords tune the gRPC server (see :class:`sdplite.wire.Server`).
     """
+    try:
+        inspect.signature(Server).bind(socket_name, **server_options)
+    except TypeError as exc:
+        raise TypeError(f"build() got a keyword the gRPC server does not take: {exc}") from None
     directory = plugin_dir or os.environ.get("SDPLITE_PLUGIN_DIR") or DEFAULT_PLUGIN_DIR
     if registration not in ("kubelet", "plugins_registry"):
         raise ValueError(f"registration must be 'kubelet' or 'plugins_registry', not {registration!r}")

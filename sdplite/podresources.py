@@ -37,6 +37,7 @@ class PodResourcesClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connection."""
         self._channel.close()
 
     def list(self) -> pr.ListPodResourcesResponse:

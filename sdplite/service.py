@@ -181,10 +181,7 @@ def device_plugin_methods(
         response = pb.AllocateResponse()
         for container in request.container_requests:
             ids = list(container.devices_ids)
-            try:
-                result = allocate_hook(ids) if allocate_hook is not None else None
-            except LookupError as exc:
-                raise GrpcError(StatusCode.INVALID_ARGUMENT, f"{state.resource_name}: {exc}") from None
+            result = allocate_hook(ids) if allocate_hook is not None else None
             response.container_responses.append(_container_response(result, state, ids))
         return response
 

@@ -49,10 +49,12 @@ class Resource:
 
     @property
     def healthy(self) -> list[str]:
+        """IDs of the devices last reported Healthy."""
         return [d.ID for d in self.devices if d.health == paths.HEALTHY]
 
     @property
     def unhealthy(self) -> list[str]:
+        """IDs of the devices last reported with any other health."""
         return [d.ID for d in self.devices if d.health != paths.HEALTHY]
 
     @property
@@ -326,6 +328,7 @@ class KubeletEmulator:
     # -- pod admission -----------------------------------------------------------
 
     def resource(self, name: str) -> Resource:
+        """The registered resource ``name``; KeyError if none registered it."""
         with self._cond:
             try:
                 return self.resources[name]
@@ -342,6 +345,7 @@ class KubeletEmulator:
     def get_preferred_allocation(
         self, name: str, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> list[str]:
+        """Call GetPreferredAllocation for one container; return the preferred IDs."""
         request = pb.PreferredAllocationRequest(
             container_requests=[
                 pb.ContainerPreferredAllocationRequest(

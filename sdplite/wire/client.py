@@ -211,6 +211,7 @@ class Channel:
 
     @property
     def closed(self) -> bool:
+        """True once the connection is gone; every later call fails with UNAVAILABLE."""
         return self._conn.closed
 
     def close(self) -> None:
@@ -360,6 +361,7 @@ class StreamingCall(Generic[T]):
 
     @property
     def details(self) -> str:
+        """The final status message, once the call has ended."""
         return self._call.message
 
 

@@ -63,6 +63,7 @@ class ServerContext:
         return self._cancelled.is_set()
 
     def is_active(self) -> bool:
+        """True until the call is cancelled or finished."""
         return not self._cancelled.is_set() and not self._done
 
     def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
@@ -137,6 +138,7 @@ class ResponseStream:
 
     @property
     def ended(self) -> bool:
+        """True once :meth:`end` was called."""
         return self._ended
 
     def _cancel(self) -> None:

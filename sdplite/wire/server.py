@@ -91,6 +91,7 @@ class Server:
         self._idle = threading.Condition(self._lock)
 
     def add_method(self, method: Method[Any]) -> None:
+        """Serve one more method (before :meth:`start`)."""
         if self._listener is not None:
             raise RuntimeError("add methods before start()")
         self.methods[method.path] = method
@@ -133,6 +134,7 @@ class Server:
 
     @property
     def connection_count(self) -> int:
+        """Connections open now."""
         with self._lock:
             return len(self._connections)
 
