@@ -47,12 +47,13 @@ class PluginError(RuntimeError):
     """The plugin cannot run: the message says why and what to change."""
 
 
-def _file_id(path: str) -> Optional[tuple[int, int]]:
+def _file_id(path: str) -> Optional[tuple[int, int, int]]:
+    """Which file is at ``path``: inode numbers are reused at once on ext4, so ctime too."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 def clear_stale_socket(path: str) -> None:
@@ -97,7 +98,7 @@ class Controller:
         self._lock = threading.Lock()
         self._next_register = 0.0
         self._backoff = BACKOFF_FIRST
-        self._kubelet_id: Optional[tuple[int, int]] = None
+        self._kubelet_id: Optional[tuple[int, int, int]] = None
         self._next_scan = 0.0
         self._scan_requested = False
         self._scan_thread: Optional[threading.Thread] = None
@@ -113,7 +114,7 @@ class Controller:
         self._attempt: Optional[RegisterAttempt] = None
         self._attempt_thread: Optional[threading.Thread] = None
         self._attempt_generation = 0
-        self._attempt_kubelet_id: Optional[tuple[int, int]] = None
+        self._attempt_kubelet_id: Optional[tuple[int, int, int]] = None
 
     # -- requests from other threads -------------------------------------------
 
@@ -247,8 +248,9 @@ class Controller:
             and not self._stopping
             and self.plugin.state.stream_count == 0
         ):
+            # Before Register returns too: the kubelet opens ListAndWatch first.
             server = self.server
-            if server is not None and not server.stopping and self.registered.is_set():
+            if server is not None and not server.stopping:
                 self._stream_lost_at = time.monotonic()
                 self._wake()
 
@@ -349,6 +351,7 @@ class Controller:
             timeout=plugin.register_timeout,
         )
         self._attempt = attempt
+        self._stream_lost_at = None  # only losses after this attempt began count
         self._attempt_generation = self.generation
         self._attempt_kubelet_id = _file_id(plugin.kubelet_socket)
 
@@ -389,6 +392,8 @@ class Controller:
                 plugin.socket_name,
                 len(plugin.state.devices),
             )
+            if self._stream_lost_at is not None:
+                self._wake()  # the kubelet already dropped the stream it opened
             return
         if result.outcome is RegisterOutcome.FATAL:
             self.fatal = f"the kubelet refused to register {plugin.resource_name}: {result.message}"

@@ -86,7 +86,7 @@ class Server:
         self._lock = threading.Lock()
         self._connections: set[ServerConnection] = set()
         self._accept_thread: Optional[threading.Thread] = None
-        self._inode: Optional[tuple[int, int]] = None
+        self._inode: Optional[tuple[int, int, int]] = None
         self._count = 0
         self._idle = threading.Condition(self._lock)
 
@@ -114,7 +114,7 @@ class Server:
         except BaseException:
             listener.close()
             raise
-        self._inode = (st.st_dev, st.st_ino)
+        self._inode = (st.st_dev, st.st_ino, st.st_ctime_ns)
         self._listener = listener
         self._accept_thread = threading.Thread(
             target=self._accept_loop,
@@ -144,7 +144,7 @@ class Server:
             st = os.lstat(self.path)
         except OSError:
             return False
-        return stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._inode
+        return stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino, st.st_ctime_ns) == self._inode
 
     def _accept_loop(self) -> None:
         listener = self._listener
