@@ -295,6 +295,11 @@ class Transport:
                 except h2.exceptions.ProtocolError:
                     pass
         if graceful:
+            # Another thread may be mid-write (say, a stream's trailers): let
+            # it finish before the socket is shut, then send what is left.
+            self.flush()
+            with self.lock:
+                self.cond.wait_for(lambda: not self._writing, timeout=2.0)
             self.flush()
         with self.lock:
             self._lose("connection closed locally")
