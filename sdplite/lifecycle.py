@@ -248,6 +248,11 @@ class Controller:
             and not self._stopping
             and self.plugin.state.stream_count == 0
         ):
+            if self.plugin.registry_dir:
+                # The plugin watcher re-registers us by itself; until it does,
+                # nobody has us registered.
+                self.registered.clear()
+                return
             # Before Register returns too: the kubelet opens ListAndWatch first.
             server = self.server
             if server is not None and not server.stopping:

@@ -95,7 +95,10 @@ def test_the_emulated_watcher_refuses_a_bad_name_with_the_kubelets_message(dirs:
     finally:
         server.stop(0).wait()
     assert not statuses[0].plugin_registered
-    assert statuses[0].error == 'invalid name of device plugin socket: the ResourceName "Bad_Name" is invalid'
+    assert statuses[0].error == (
+        "RegisterPlugin error -- plugin validation failed with err: "
+        'invalid name of device plugin socket: the ResourceName "Bad_Name" is invalid'
+    )
 
 
 @pytest.fixture

@@ -255,12 +255,19 @@ class KubeletEmulator:
                 f"RegisterPlugin error -- no handler registered for plugin type: {info.type} at socket {path}"
             )
         elif paths.VERSION not in info.supported_versions:
-            error = f"invalid versions {list(info.supported_versions)}: none is {paths.VERSION}"
+            versions = "[" + " ".join(info.supported_versions) + "]"
+            error = (
+                "RegisterPlugin error -- plugin validation failed with err: "
+                f"manager version, {paths.VERSION}, is not among plugin supported versions {versions}"
+            )
         else:
             try:
                 validate_resource_name(info.name)
             except InvalidNameError:
-                error = f'invalid name of device plugin socket: the ResourceName "{info.name}" is invalid'
+                error = (
+                    "RegisterPlugin error -- plugin validation failed with err: invalid name of "
+                    f'device plugin socket: the ResourceName "{info.name}" is invalid'
+                )
         if not error:
             endpoint = info.endpoint or path
             plugin_channel = channel

@@ -322,3 +322,21 @@ class PluginPeer(Peer):
 
     def end_streams(self, code: StatusCode, message: str = "") -> int:
         return int(check(self.call("end_streams", code=int(code), message=message))["watchers"])
+
+
+class WatcherPeer(KubeletPeer):
+    """The peer acting as the kubelet's plugin watcher on the registry ``directory`` (KUBELET.md 6).
+
+    Sockets found there register as ``register`` events (with ``socket``); each
+    NotifyRegistrationStatus it sends is a ``notify`` event; a socket that goes
+    away is a ``deregister`` event. The kubelet role's commands (allocate, ...)
+    work on the resources it registered.
+    """
+
+    def __init__(self, kind: str, directory: str, authority: str = "localhost") -> None:
+        Peer.__init__(self, kind, "watcher", ["--dir", directory, "--authority", authority])
+        self.directory = directory
+
+    def wait_notify(self, socket: str, since: int = 0) -> Event:
+        """The first NotifyRegistrationStatus the watcher sent to ``socket`` (after ``since``)."""
+        return self.wait_for("notify", since, socket=socket)

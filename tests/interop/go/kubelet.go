@@ -139,48 +139,71 @@ func (k *kubelet) Register(_ context.Context, r *pb.RegisterRequest) (*pb.Empty,
 	if !isExtendedResourceName(r.ResourceName) {
 		return nil, k.refuse(r, fmt.Errorf("the ResourceName %q is invalid", r.ResourceName))
 	}
-	conn, err := k.dial(filepath.Join(k.dir, r.Endpoint))
+	conn, options, err := k.connect(context.Background(), filepath.Join(k.dir, r.Endpoint))
 	if err != nil {
-		return nil, k.refuse(r, fmt.Errorf("failed to dial device plugin: %v", err))
+		return nil, k.refuse(r, err)
 	}
-	client := pb.NewDevicePluginClient(conn)
-	options, err := client.GetDevicePluginOptions(context.Background(), &pb.Empty{})
-	if err != nil {
-		conn.Close()
-		return nil, k.refuse(r, fmt.Errorf("failed to get device plugin options: %v", err))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	k.mu.Lock()
-	k.registrations++
-	ep := &endpoint{r.ResourceName, k.registrations, conn, client, cancel}
-	old := k.endpoints[r.ResourceName]
-	k.endpoints[r.ResourceName] = ep
-	k.mu.Unlock()
-	if old != nil {
-		old.conn.Close() // the newest registration wins
-	}
-	emit("register", fields{
-		"resource":     r.ResourceName,
-		"registration": ep.registration,
-		"version":      r.Version,
-		"endpoint":     r.Endpoint,
+	k.add(r.ResourceName, conn, options, fields{
+		"version":  r.Version,
+		"endpoint": r.Endpoint,
 		"request_options": fields{
 			"pre_start_required":                 r.GetOptions().GetPreStartRequired(),
 			"get_preferred_allocation_available": r.GetOptions().GetGetPreferredAllocationAvailable(),
 		},
+	})
+	return &pb.Empty{}, nil
+}
+
+// connect is the device manager's side of a registration, shared by both
+// ways of registering: dial the plugin, then GetDevicePluginOptions.
+func (k *kubelet) connect(ctx context.Context, path string) (*grpc.ClientConn, *pb.DevicePluginOptions, error) {
+	conn, err := k.dialContext(ctx, path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to dial device plugin: %v", err)
+	}
+	options, err := pb.NewDevicePluginClient(conn).GetDevicePluginOptions(ctx, &pb.Empty{})
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("failed to get device plugin options: %v", err)
+	}
+	return conn, options, nil
+}
+
+// add makes a connected plugin the endpoint of resource (the newest
+// registration wins), reports it with a "register" event (describe adds to
+// it) and holds ListAndWatch open.
+func (k *kubelet) add(resource string, conn *grpc.ClientConn, options *pb.DevicePluginOptions, describe fields) *endpoint {
+	ctx, cancel := context.WithCancel(context.Background())
+	k.mu.Lock()
+	k.registrations++
+	ep := &endpoint{resource, k.registrations, conn, pb.NewDevicePluginClient(conn), cancel}
+	old := k.endpoints[resource]
+	k.endpoints[resource] = ep
+	k.mu.Unlock()
+	if old != nil {
+		old.conn.Close() // the newest registration wins
+	}
+	f := fields{
+		"resource":     resource,
+		"registration": ep.registration,
 		"options": fields{
 			"pre_start_required":                 options.PreStartRequired,
 			"get_preferred_allocation_available": options.GetPreferredAllocationAvailable,
 		},
-	})
+	}
+	for key, value := range describe {
+		f[key] = value
+	}
+	emit("register", f)
 	go k.listAndWatch(ctx, ep)
-	return &pb.Empty{}, nil
+	return ep
 }
 
-// dial is the kubelet's dial: 10 s, blocking until the HTTP/2 transport is
+// dialContext is the kubelet's dial: 10 s, blocking until the HTTP/2 transport is
 // ready (the plugin's SETTINGS arrived), insecure, over a Unix socket.
-func (k *kubelet) dial(path string) (*grpc.ClientConn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// ctx can end it sooner.
+func (k *kubelet) dialContext(ctx context.Context, path string) (*grpc.ClientConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	options := []grpc.DialOption{
 		grpc.WithInsecure(),
@@ -325,5 +348,7 @@ func (k *kubelet) stop() {
 	for _, ep := range endpoints {
 		ep.conn.Close()
 	}
-	k.server.Stop()
+	if k.server != nil {
+		k.server.Stop()
+	}
 }

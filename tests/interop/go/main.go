@@ -2,12 +2,15 @@
 //
 //	kubelet-go kubelet --dir DIR [--authority localhost|path] [--cleanup]
 //	kubelet-go plugin --socket PATH
+//	kubelet-go watcher --dir DIR [--authority localhost|path]
 //
 // "kubelet" acts like the kubelet's device manager (KUBELET.md sections 2-5):
 // it serves v1beta1.Registration on DIR/kubelet.sock, and each Register dials
 // the plugin back, calls GetDevicePluginOptions and holds ListAndWatch open.
 // "plugin" serves v1beta1.DevicePlugin, so that sdplite's client can be tested
-// against a grpc-go server.
+// against a grpc-go server. "watcher" is the kubelet's plugin watcher
+// (KUBELET.md section 6): it finds sockets in the plugins_registry DIR, and
+// the ones serving a device plugin join the kubelet role's resource table.
 //
 // The protocol (the same for the grpc-js peer in ../js): commands arrive on
 // stdin as JSON lines {"id": N, "cmd": NAME, ...}; everything the peer has to
@@ -155,6 +158,7 @@ func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: kubelet-go kubelet --dir DIR [--authority localhost|path] [--cleanup]")
 		fmt.Fprintln(os.Stderr, "       kubelet-go plugin --socket PATH")
+		fmt.Fprintln(os.Stderr, "       kubelet-go watcher --dir DIR [--authority localhost|path]")
 		os.Exit(2)
 	}
 	var p peer
@@ -164,6 +168,8 @@ func main() {
 		p, err = startKubelet(os.Args[2:])
 	case "plugin":
 		p, err = startPlugin(os.Args[2:])
+	case "watcher":
+		p, err = startWatcher(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
