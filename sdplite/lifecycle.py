@@ -212,7 +212,7 @@ class Controller:
             if plugin.registry_dir:
                 methods += plugin_watcher_methods(plugin.resource_name, self._watcher_status)
             server = Server(plugin.socket_path, methods, **plugin.server_options)
-            server.start()
+            server.start(accept_thread=False)  # the supervisor accepts (one thread fewer)
         except PluginError as exc:
             self.fatal = str(exc)
             log.error("%s: %s", plugin.resource_name, exc)

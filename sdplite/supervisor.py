@@ -1,8 +1,10 @@
 """The loop that drives every plugin of a process, and the signals that steer it.
 
 One thread (the main thread under :func:`run`) sleeps in ``select`` on the
-plugin directories' inotify fds and a wake-up pipe, and on waking lets each
-plugin's :class:`~.lifecycle.Controller` do what is due. Without inotify it
+plugin directories' inotify fds, the plugins' listening sockets (it accepts
+their connections, so no plugin needs an accept thread) and a wake-up pipe,
+and on waking lets each plugin's :class:`~.lifecycle.Controller` do what is
+due. Without inotify it
 polls every 0.1 s; with it, it still looks once a second in case an event was
 missed.
 """
@@ -88,7 +90,9 @@ class Supervisor:
             self._close()
 
     def _sleep(self, timeout: float) -> None:
-        fds = [self._wake_r]
+        """Wait for a wake-up, a directory change or a connection to accept."""
+        listening = {c.server.fileno(): c.server for c in self.controllers if c.server is not None}
+        fds = [self._wake_r, *listening]
         poll = POLL_WITH_INOTIFY
         for watch in self._watches.values():
             if watch.active or watch.rewatch():
@@ -96,6 +100,9 @@ class Supervisor:
             else:
                 poll = POLL_WITHOUT_INOTIFY
         ready = select.select(fds, [], [], min(timeout, poll))[0]
+        for fd in ready:
+            if fd in listening:
+                listening[fd].accept_ready()
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 4096):

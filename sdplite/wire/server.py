@@ -99,8 +99,14 @@ class Server:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind and listen (the socket file must not exist), then accept in a thread."""
+    def start(self, accept_thread: bool = True) -> None:
+        """Bind and listen (the socket file must not exist), then accept.
+
+        By default a thread accepts. With ``accept_thread=False`` the caller
+        watches :meth:`fileno` (select/poll) and calls :meth:`accept_ready`
+        when it is readable: the plugin supervisor does this, to keep an idle
+        plugin's thread count low.
+        """
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old_umask = os.umask(0o777 & ~self.socket_mode)
@@ -116,13 +122,34 @@ class Server:
             raise
         self._inode = (st.st_dev, st.st_ino, st.st_ctime_ns)
         self._listener = listener
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop,
-            name=f"sdplite-accept-{os.path.basename(self.path)}",
-            daemon=True,
-        )
-        self._accept_thread.start()
+        if accept_thread:
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop,
+                name=f"sdplite-accept-{os.path.basename(self.path)}",
+                daemon=True,
+            )
+            self._accept_thread.start()
+        else:
+            listener.setblocking(False)
         log.debug("serving on %s", self.path)
+
+    def fileno(self) -> int:
+        """The listening socket's fd (-1 before start and after stop)."""
+        return self._listener.fileno() if self._listener is not None else -1
+
+    def accept_ready(self) -> None:
+        """Accept every connection waiting now (``accept_thread=False`` mode)."""
+        listener = self._listener
+        while listener is not None and not self.stopping:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("%s: accept failed: %s", self.path, exc)
+                return
+            sock.setblocking(True)
+            self._admit(sock)
 
     def __enter__(self) -> Server:
         if self._listener is None:
@@ -157,23 +184,29 @@ class Server:
                     return
                 time.sleep(0.05)  # EMFILE and friends: back off rather than spin
                 continue
-            refusal = self._refusal(sock)
-            if refusal:
-                log.warning("%s: refused a connection: %s", self.path, refusal)
+            if not self._admit(sock):
+                return
+
+    def _admit(self, sock: socket.socket) -> bool:
+        """Start serving an accepted connection; False once the server is stopping."""
+        refusal = self._refusal(sock)
+        if refusal:
+            log.warning("%s: refused a connection: %s", self.path, refusal)
+            sock.close()
+            return True
+        with self._lock:
+            if self.stopping:
                 sock.close()
-                continue
-            with self._lock:
-                if self.stopping:
-                    sock.close()
-                    return
-                self._count += 1
-                conn = ServerConnection(sock, self, self._count)
-                self._connections.add(conn)
-            try:
-                conn.start()
-            except Exception:
-                log.exception("could not start a connection on %s", self.path)
-                conn.close(graceful=False)
+                return False
+            self._count += 1
+            conn = ServerConnection(sock, self, self._count)
+            self._connections.add(conn)
+        try:
+            conn.start()
+        except Exception:
+            log.exception("could not start a connection on %s", self.path)
+            conn.close(graceful=False)
+        return True
 
     def _refusal(self, sock: socket.socket) -> str:
         """Why a new connection must be closed at once, or ''."""
