@@ -36,7 +36,7 @@ class DeviceState:
 
     def __init__(self, resource_name: str) -> None:
         self.resource_name = resource_name
-        self._lock = threading.Condition()
+        self._lock = threading.Condition(threading.RLock())
         self._devices: tuple[Device, ...] = ()
         self._by_id: dict[str, Device] = {}
         self._encoded = encode_device_list(())
@@ -60,14 +60,24 @@ class DeviceState:
         Raises :class:`DeviceListError` for a list the kubelet could not use;
         the previous list then stays.
         """
-        normalized = normalize_devices(devices)
-        encoded = encode_device_list(normalized)
+        return self._replace(normalize_devices(devices))
+
+    def set_health(self, device_id: str, healthy: bool) -> bool:
+        """Mark one device healthy or unhealthy; KeyError if there is no such device."""
+        with self._lock:  # re-entrant: two health changes at once must both land
+            if device_id not in self._by_id:
+                raise KeyError(f"no device {device_id!r} in {self.resource_name}")
+            devices = tuple(d.with_health(healthy) if d.id == device_id else d for d in self._devices)
+            return self._replace(devices)  # already checked: only a health changed
+
+    def _replace(self, devices: tuple[Device, ...]) -> bool:
+        encoded = encode_device_list(devices)
         with self._lock:
             if encoded == self._encoded:
                 return False
             old = self._by_id
-            self._devices = normalized
-            self._by_id = {d.id: d for d in normalized}
+            self._devices = devices
+            self._by_id = {d.id: d for d in devices}
             self._encoded = encoded
             self.version += 1
             for stream in self._streams:
@@ -75,14 +85,6 @@ class DeviceState:
             self._lock.notify_all()
         self._log_changes(old, self._by_id)
         return True
-
-    def set_health(self, device_id: str, healthy: bool) -> bool:
-        """Mark one device healthy or unhealthy; KeyError if there is no such device."""
-        with self._lock:
-            if device_id not in self._by_id:
-                raise KeyError(f"no device {device_id!r} in {self.resource_name}")
-            devices = [d.with_health(healthy) if d.id == device_id else d for d in self._devices]
-        return self.publish(devices)
 
     def _log_changes(self, old: dict[str, Device], new: dict[str, Device]) -> None:
         for device_id, device in new.items():
