@@ -103,3 +103,18 @@ def test_plugin_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert plugin.socket_path == "/run/dp/x.sock" and plugin.kubelet_socket == "/run/dp/kubelet.sock"
     monkeypatch.delenv("SDPLITE_PLUGIN_DIR")
     assert build("example.com/x", "x.sock", lambda: []).plugin_dir == "/var/lib/kubelet/device-plugins"
+
+
+def test_concurrent_health_changes_all_land() -> None:
+    """Health changes from many threads at once: none is lost."""
+    import threading
+
+    plugin = build("example.com/x", "x.sock", lambda: [], plugin_dir="/tmp")
+    ids = [f"d{i}" for i in range(32)]
+    plugin.publish(ids)
+    threads = [threading.Thread(target=plugin.set_health, args=(i, False)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [d.healthy for d in plugin.devices] == [False] * 32
