@@ -29,6 +29,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test,dev]'
+# The benchmark harness's peers (grpcio, grpclib): tests/test_benchmarks_smoke.py runs it.
+.venv/bin/python -m pip install -q -r benchmarks/requirements.txt
 .venv/bin/python -m pip install -q --upgrade 'protobuf>=7,<8'
 
 .venv/bin/python proto/generate.py --check
