@@ -23,6 +23,7 @@ __all__ = [
     "MAX_LIST_BYTES",
     "normalize_devices",
     "encode_device_list",
+    "check_list_size",
     "default_allocation",
 ]
 
@@ -219,13 +220,18 @@ def encode_device_list(devices: Sequence[Device]) -> bytes:
         for node in device.numa_nodes:
             entry.topology.nodes.add(ID=node)
     data = message.SerializeToString()
-    if len(data) > MAX_LIST_BYTES:
+    check_list_size(len(devices), len(data))
+    return data
+
+
+def check_list_size(count: int, size: int) -> None:
+    """Refuse a ListAndWatch message of ``size`` bytes that the kubelet would not take."""
+    if size > MAX_LIST_BYTES:
         raise DeviceListError(
-            f"{len(devices)} devices make a {len(data)}-byte ListAndWatch message, over the "
+            f"{count} devices make a {size}-byte ListAndWatch message, over the "
             f"kubelet's 4 MiB limit ({MAX_LIST_BYTES} bytes): use shorter IDs or fewer devices "
             f"per resource (split them across several resources)"
         )
-    return data
 
 
 def default_allocation(devices: Mapping[str, Device], device_ids: Sequence[str]) -> Allocation:

@@ -17,6 +17,8 @@ from .api import paths
 from .devices import (
     Allocation,
     Device,
+    DeviceListError,
+    check_list_size,
     default_allocation,
     encode_device_list,
     normalize_devices,
@@ -40,6 +42,11 @@ class DeviceState:
         self._devices: tuple[Device, ...] = ()
         self._by_id: dict[str, Device] = {}
         self._encoded = encode_device_list(())
+        # Set up by the first health change after a publish: the encoded list
+        # cut into one entry per device, and each device's position, so a
+        # change re-encodes one device instead of the whole list.
+        self._entries: Optional[list[bytes]] = None
+        self._positions: dict[str, int] = {}
         self._streams: set[ResponseStream] = set()
         #: Bumped on every change; lets a waiter tell an old list from a new one.
         self.version = 0
@@ -63,12 +70,38 @@ class DeviceState:
         return self._replace(normalize_devices(devices))
 
     def set_health(self, device_id: str, healthy: bool) -> bool:
-        """Mark one device healthy or unhealthy; KeyError if there is no such device."""
-        with self._lock:  # re-entrant: two health changes at once must both land
-            if device_id not in self._by_id:
+        """Mark one device healthy or unhealthy; KeyError if there is no such device.
+
+        Costs one device's encoding, not the list's: the list was checked
+        when it was published, and only this device's entry changes.
+        """
+        with self._lock:  # changes apply one after another: none is lost
+            before = self._by_id.get(device_id)
+            if before is None:
                 raise KeyError(f"no device {device_id!r} in {self.resource_name}")
-            devices = tuple(d.with_health(healthy) if d.id == device_id else d for d in self._devices)
-            return self._replace(devices)  # already checked: only a health changed
+            if not isinstance(healthy, bool):
+                raise TypeError(f"healthy must be True or False, not {healthy!r}")
+            if before.healthy == healthy:
+                return False
+            if self._entries is None:
+                self._entries, self._positions = _split_entries(self._encoded, self._devices)
+            after = before.with_health(healthy)
+            index = self._positions[device_id]
+            entries = self._entries
+            old_entry = entries[index]
+            entries[index] = encode_device_list((after,))
+            try:
+                encoded = _join_entries(entries)
+            except DeviceListError:
+                entries[index] = old_entry
+                raise
+            devices = list(self._devices)
+            devices[index] = after
+            by_id = dict(self._by_id)  # a new dict: snapshot() callers keep theirs
+            by_id[device_id] = after
+            self._install(tuple(devices), by_id, encoded)
+        log.info("%s: device %s is now %s", self.resource_name, device_id, after.health)
+        return True
 
     def _replace(self, devices: tuple[Device, ...]) -> bool:
         encoded = encode_device_list(devices)
@@ -76,15 +109,21 @@ class DeviceState:
             if encoded == self._encoded:
                 return False
             old = self._by_id
-            self._devices = devices
-            self._by_id = {d.id: d for d in devices}
-            self._encoded = encoded
-            self.version += 1
-            for stream in self._streams:
-                stream.send(encoded)
-            self._lock.notify_all()
+            self._entries = None
+            self._positions = {}
+            self._install(devices, {d.id: d for d in devices}, encoded)
         self._log_changes(old, self._by_id)
         return True
+
+    def _install(self, devices: tuple[Device, ...], by_id: dict[str, Device], encoded: bytes) -> None:
+        """Make a new list current and push it to every stream (lock held)."""
+        self._devices = devices
+        self._by_id = by_id
+        self._encoded = encoded
+        self.version += 1
+        for stream in self._streams:
+            stream.send(encoded)
+        self._lock.notify_all()
 
     def _log_changes(self, old: dict[str, Device], new: dict[str, Device]) -> None:
         for device_id, device in new.items():
@@ -131,6 +170,41 @@ class DeviceState:
             streams, self._streams = self._streams, set()
         for stream in streams:
             stream.end()
+
+
+def _split_entries(encoded: bytes, devices: Sequence[Device]) -> tuple[list[bytes], dict[str, int]]:
+    """Cut a serialised ListAndWatchResponse into its ``devices`` entries.
+
+    Every entry is field 1 (tag byte 0x0a), a varint length and a Device:
+    exactly what encoding a one-device list gives, so entries can be
+    replaced one at a time and joined back into the same bytes.
+    """
+    entries: list[bytes] = []
+    view = memoryview(encoded)
+    pos = 0
+    end = len(encoded)
+    while pos < end:
+        start = pos
+        pos += 1  # the tag
+        length = shift = 0
+        while True:
+            byte = encoded[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        pos += length
+        entries.append(bytes(view[start:pos]))
+    if len(entries) != len(devices):  # cannot happen: the list encodes only devices
+        raise AssertionError(f"{len(entries)} encoded entries for {len(devices)} devices")
+    return entries, {d.id: i for i, d in enumerate(devices)}
+
+
+def _join_entries(entries: list[bytes]) -> bytes:
+    encoded = b"".join(entries)
+    check_list_size(len(entries), len(encoded))
+    return encoded
 
 
 def plugin_options(impl: Any) -> pb.DevicePluginOptions:

@@ -1,7 +1,9 @@
 """Prototypes of sdplite changes, applied by monkeypatching, to measure their gain before anyone writes them.
 
-(A third, building the list inside one ListAndWatchResponse rather than
-copying standalone Device messages into it, landed in sdplite as 667efba.)
+(Two others landed in sdplite: building the list inside one
+ListAndWatchResponse rather than copying standalone Device messages into it
+(667efba), and a health change re-encoding only its device (DeviceState keeps
+the list's entries).)
 
 Only ``profiling.py`` uses these (``sdplite_plugin.py --experiment NAME``);
 the benchmark proper always runs sdplite as shipped. Each function patches
@@ -11,11 +13,6 @@ the installed sdplite in this process and must run before the plugin starts.
   of being handed to a worker (the connection lock made re-entrant so the
   handler can write while the reader holds it). Streams still get a worker.
 - ``novalidate``: h2's inbound header validation and normalisation off.
-- ``cache``: ``encode_device_list`` keeps each Device object's encoded
-  bytes (a ListAndWatchResponse is just its devices' entries one after
-  another), so a health change re-encodes one device and joins the rest.
-  DeviceState could keep such a list itself; a cache keyed by object
-  identity is the smallest patch that shows the gain.
 """
 
 from __future__ import annotations
@@ -61,42 +58,9 @@ def novalidate() -> None:
     connection.make_config = make_config
 
 
-def cache() -> None:
-    import weakref
-
-    from sdplite import devices, service
-
-    store: dict[int, tuple[Any, bytes]] = {}
-
-    def entry(device: Any) -> bytes:
-        key = id(device)
-        hit = store.get(key)
-        if hit is not None and hit[0]() is device:
-            return hit[1]
-        body = device.to_proto().SerializeToString()
-        size, prefix = len(body), bytearray(b"\x0a")  # field 1, length-delimited
-        while size > 0x7F:
-            prefix.append(size & 0x7F | 0x80)
-            size >>= 7
-        prefix.append(size)
-        data = bytes(prefix) + body
-        store[key] = (weakref.ref(device, lambda _ref, key=key: store.pop(key, None)), data)
-        return data
-
-    def encode_device_list(items: Any) -> bytes:
-        data = b"".join([entry(device) for device in items])
-        if len(data) > devices.MAX_LIST_BYTES:
-            raise devices.DeviceListError(f"{len(items)} devices make a {len(data)}-byte message")
-        return data
-
-    setattr(devices, "encode_device_list", encode_device_list)  # noqa: B010 - a deliberate patch
-    setattr(service, "encode_device_list", encode_device_list)  # noqa: B010
-
-
 EXPERIMENTS: dict[str, Callable[[], None]] = {
     "inline": inline,
     "novalidate": novalidate,
-    "cache": cache,
 }
 
 

@@ -1,0 +1,90 @@
+"""DeviceState: what every ListAndWatch stream receives as the list changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdplite import Device, DeviceListError
+from sdplite.api import deviceplugin_pb2 as pb
+from sdplite.devices import MAX_LIST_BYTES, encode_device_list
+from sdplite.service import DeviceState
+
+
+class Watcher:
+    """Stands in for a ListAndWatch stream: keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, message: bytes) -> bool:
+        self.sent.append(message)
+        return True
+
+
+def watched(devices: list[Device]) -> tuple[DeviceState, Watcher]:
+    state = DeviceState("example.com/x")
+    state.publish(devices)
+    watcher = Watcher()
+    state.watch(watcher)  # type: ignore[arg-type]
+    return state, watcher
+
+
+def test_a_health_change_sends_exactly_the_full_encoding_of_the_new_list() -> None:
+    # IDs long enough for multi-byte lengths, and NUMA nodes, so every entry shape is covered.
+    devices = [Device("d" * 200, numa_nodes=[0, 1]), Device("e", numa_nodes=[300]), Device("f" * 20)]
+    state, watcher = watched(devices)
+    assert state.set_health("e", False)
+    assert state.set_health("d" * 200, False)
+    assert state.set_health("e", True)
+    expected = [d.with_health(h) for d, h in zip(devices, [False, True, True])]
+    assert watcher.sent[-1] == encode_device_list(expected)
+    assert state.devices == tuple(expected)
+    assert state.get("d" * 200) == expected[0]
+    health = [d.health for d in pb.ListAndWatchResponse.FromString(watcher.sent[-1]).devices]
+    assert health == ["Unhealthy", "Healthy", "Healthy"]
+
+
+def test_an_unchanged_health_sends_nothing() -> None:
+    state, watcher = watched([Device("a"), Device("b", healthy=False)])
+    assert not state.set_health("a", True)
+    assert not state.set_health("b", False)
+    assert len(watcher.sent) == 1
+
+
+def test_a_health_change_after_a_new_list_applies_to_the_new_list() -> None:
+    state, watcher = watched([Device("a"), Device("b")])
+    state.set_health("a", False)
+    state.publish([Device("c"), Device("b"), Device("a")])
+    state.set_health("b", False)
+    assert watcher.sent[-1] == encode_device_list([Device("c"), Device("b", healthy=False), Device("a")])
+
+
+def test_a_snapshot_taken_before_a_change_keeps_its_devices() -> None:
+    state, _ = watched([Device("a")])
+    before = state.snapshot()
+    state.set_health("a", False)
+    assert before["a"].healthy and not state.snapshot()["a"].healthy
+
+
+def test_health_must_be_a_bool() -> None:
+    state, watcher = watched([Device("a")])
+    with pytest.raises(TypeError, match="True or False"):
+        state.set_health("a", "Unhealthy")  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="no device 'z'"):
+        state.set_health("z", False)
+    assert state.devices == (Device("a"),) and len(watcher.sent) == 1
+
+
+def test_a_change_that_would_overflow_the_kubelet_limit_is_refused_and_the_list_stays() -> None:
+    # One device that fits with a byte or two to spare: "Unhealthy" is two bytes longer.
+    overhead = len(encode_device_list([Device("x" * 3_000_000)])) - 3_000_000  # same for any 3-4 MB ID
+    devices = [Device("x" * (MAX_LIST_BYTES - overhead))]
+    assert len(encode_device_list(devices)) == MAX_LIST_BYTES
+    state, watcher = watched(devices)
+    with pytest.raises(DeviceListError, match="4 MiB limit"):
+        state.set_health(devices[0].id, False)
+    assert state.devices == tuple(devices) and len(watcher.sent) == 1
+    # The state is intact: a list that fits still goes out.
+    state.publish([Device("a")])
+    assert state.set_health("a", False)
+    assert watcher.sent[-1] == encode_device_list([Device("a", healthy=False)])
