@@ -158,14 +158,34 @@ class Allocation:
     cdi_devices: Sequence[str] = ()
 
     def to_proto(self) -> pb.ContainerAllocateResponse:
-        response = pb.ContainerAllocateResponse(
-            envs=dict(self.envs),
-            annotations=dict(self.annotations),
-            mounts=[m.to_proto() for m in self.mounts],
-            devices=[n.to_proto() for n in self.nodes],
-        )
-        response.cdi_devices.extend(pb.CDIDevice(name=name) for name in self.cdi_devices)
+        response = pb.ContainerAllocateResponse()
+        self.fill(response)
         return response
+
+    def fill(self, response: pb.ContainerAllocateResponse) -> None:
+        """Write this allocation into ``response``, in place.
+
+        Allocate builds each container's answer inside the AllocateResponse
+        this way: no standalone messages to build and then copy in.
+        """
+        if self.envs:
+            response.envs.update(self.envs)
+        if self.annotations:
+            response.annotations.update(self.annotations)
+        if self.mounts:
+            add_mount = response.mounts.add
+            for m in self.mounts:
+                path = m.host_path
+                add_mount(host_path=path, container_path=m.container_path or path, read_only=m.read_only)
+        if self.nodes:
+            add_node = response.devices.add
+            for n in self.nodes:
+                path = n.host_path
+                add_node(host_path=path, container_path=n.container_path or path, permissions=n.permissions)
+        if self.cdi_devices:
+            add_cdi = response.cdi_devices.add
+            for name in self.cdi_devices:
+                add_cdi(name=name)
 
 
 DeviceLike = Union[Device, "pb.Device", str]

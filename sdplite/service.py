@@ -215,21 +215,25 @@ def plugin_options(impl: Any) -> pb.DevicePluginOptions:
     )
 
 
-def _container_response(result: Any, state: DeviceState, ids: Sequence[str]) -> Any:
+def _fill_container(
+    response: pb.AllocateResponse, result: Any, state: DeviceState, ids: Sequence[str]
+) -> None:
+    """Add one container's answer to ``response``: the hook's result, or the default."""
     if result is None:
         try:
             result = default_allocation(state.snapshot(), ids)
         except LookupError as exc:
             raise GrpcError(StatusCode.INVALID_ARGUMENT, f"{state.resource_name}: {exc}") from None
     if isinstance(result, Allocation):
-        return result.to_proto()
-    if isinstance(result, pb.ContainerAllocateResponse):
-        return result
-    raise GrpcError(
-        StatusCode.INTERNAL,
-        f"allocate returned a {type(result).__name__}; return an sdplite.Allocation, "
-        f"a ContainerAllocateResponse or None (for the default)",
-    )
+        result.fill(response.container_responses.add())
+    elif isinstance(result, pb.ContainerAllocateResponse):
+        response.container_responses.append(result)
+    else:
+        raise GrpcError(
+            StatusCode.INTERNAL,
+            f"allocate returned a {type(result).__name__}; return an sdplite.Allocation, "
+            f"a ContainerAllocateResponse or None (for the default)",
+        )
 
 
 def device_plugin_methods(
@@ -258,7 +262,7 @@ def device_plugin_methods(
         for container in request.container_requests:
             ids = list(container.devices_ids)
             result = allocate_hook(ids) if allocate_hook is not None else None
-            response.container_responses.append(_container_response(result, state, ids))
+            _fill_container(response, result, state, ids)
         return response
 
     def preferred(
