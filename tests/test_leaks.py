@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from typing import Callable
 
 from google.protobuf.wrappers_pb2 import BytesValue, StringValue
@@ -13,7 +14,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 from sdplite.wire import Channel, GrpcError, Server, StatusCode
 
 from conftest import fd_count, thread_count, wait_until
-from echo_service import ECHO, WATCH, Hub, serve_sdplite
+from echo_service import ECHO, HANG, WATCH, Hub, serve_sdplite
 
 HERE = os.path.dirname(__file__)
 
@@ -87,6 +88,42 @@ def test_our_client_churn_and_abrupt_disconnects_leave_nothing(
             channel.close()
         running()
         assert not any(hub.watchers.values()), "a cancelled stream's watcher survived"
+    finally:
+        server.stop(0)
+    baseline()
+
+
+def test_a_reader_stuck_in_a_call_hands_reading_over_and_every_thread_ends(
+    sock_dir: str, baseline: Callable[[], None]
+) -> None:
+    """A call that hangs on the reading thread: reading moves to another thread, and once the
+    call returns and the connection closes, no thread or fd is left behind."""
+    path = os.path.join(sock_dir, "s.sock")
+    hub = Hub()
+    server = serve_sdplite(path, hub, worker_idle_timeout=0.1)
+    try:
+        running = _running_baseline(server)
+        channel = Channel(path)
+        outcome: list[StatusCode] = []
+
+        def hang() -> None:
+            try:
+                channel.unary(HANG, StringValue(value="stuck"), StringValue, timeout=2)
+            except GrpcError as exc:
+                outcome.append(exc.code)
+
+        caller = threading.Thread(target=hang)
+        caller.start()
+        assert hub.event(hub.watching, "stuck").wait(10)
+        for _ in range(20):  # served meanwhile, by whichever thread reads now
+            assert channel.unary(ECHO, BytesValue(value=b"x"), BytesValue).value == b"x"
+        # The deadline passes: the caller hears so, the handler is cancelled and returns,
+        # and the thread that ran it must leave.
+        caller.join(10)
+        assert outcome == [StatusCode.DEADLINE_EXCEEDED]
+        assert hub.event(hub.cancelled, "stuck").wait(10)
+        channel.close()
+        running()
     finally:
         server.stop(0)
     baseline()

@@ -252,9 +252,39 @@ def test_sender_respects_a_tiny_window_and_a_settings_change_mid_stream(served: 
     assert BytesValue.FromString(bytes(received[5:])).value == payload
 
 
-def test_a_slow_handler_does_not_block_its_connection(served: Any) -> None:
+def test_a_lone_unary_call_runs_on_the_reading_thread_unless_told_not_to(sock_dir: str) -> None:
+    """No thread switch for a lone call; ``handoff_after=None`` sends every call to a worker."""
+    seen: list[str] = []
+
+    def where(request: BytesValue, context: Any) -> BytesValue:
+        seen.append(threading.current_thread().name)
+        return request
+
+    for handoff_after in (0.005, None):
+        path = os.path.join(sock_dir, f"t{handoff_after}.sock")
+        server = Server(path, [unary(ECHO, where, BytesValue)], handoff_after=handoff_after)
+        server.start()
+        try:
+            with Channel(path) as channel:
+                channel.unary(ECHO, BytesValue(value=b"x"), BytesValue)
+        finally:
+            server.stop(0)
+    assert seen[0].startswith("sdplite-conn-") and seen[1].startswith("sdplite-worker-")
+
+
+@pytest.mark.parametrize("handoff_after", [0.005, None], ids=["reader-runs-calls", "workers-only"])
+def test_a_slow_handler_does_not_block_its_connection(sock_dir: str, handoff_after: Any) -> None:
     """A handler that never returns leaves the rest of its connection fully served."""
-    path, hub, _ = served
+    path = os.path.join(sock_dir, "p.sock")
+    hub = Hub()
+    server = serve_sdplite(path, hub, handoff_after=handoff_after)
+    try:
+        _slow_handler_leaves_the_connection_served(path, hub)
+    finally:
+        server.stop(0)
+
+
+def _slow_handler_leaves_the_connection_served(path: str, hub: Hub) -> None:
     with Channel(path) as channel:
         failures: list[BaseException] = []
 

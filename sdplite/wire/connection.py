@@ -11,6 +11,14 @@ Flow control (GRPC-H2.md 1.9): a sender waits on a condition of the h2 lock,
 which releases it, and the reader wakes every waiter on WINDOW_UPDATE, on a
 SETTINGS change (it resizes every stream window) and on stream or connection
 loss.
+
+Reading is a role, not a thread (leader/follower). The server may give the
+reading thread one ready unary call to run itself, which saves handing it to
+another thread (two thread switches, most of a call's cost). While it runs,
+a watchdog on another thread checks every ``handoff_after`` seconds; if the
+call is still running, the watchdog takes the reading role over, so a slow
+handler holds up the rest of the connection for at most that long. The
+thread that ran the call then finds it is no longer the reader and leaves.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -87,7 +96,17 @@ class Transport:
         self.closed = False
         self.close_reason = ""
         self._writing = False
-        self._reader: Optional[threading.Thread] = None
+        # The reading role (see the module docstring), all guarded by ``lock``:
+        self._reading = False  # a reader was started
+        self._reader_ident: Optional[int] = None  # the thread that reads now
+        self._read_done = False  # the last reader has closed the socket
+        self._inline: Optional[Callable[[], None]] = None  # a call the reader runs itself
+        self._inline_since: Optional[float] = None  # when the reader began running it
+        self._inline_runs = 0  # calls run by readers so far (the watchdog's sign of activity)
+        self._watchdog = False  # a watchdog is armed
+        #: Seconds a reader may spend in a call before another thread reads
+        #: instead; None: the reader never runs calls.
+        self.handoff_after: Optional[float] = 0.005
 
     # -- writing -------------------------------------------------------------
 
@@ -203,10 +222,19 @@ class Transport:
     # -- reading -------------------------------------------------------------
 
     def start_reader(self, name: str) -> None:
-        self._reader = threading.Thread(target=self._read_loop, name=name, daemon=True)
-        self._reader.start()
+        with self.lock:
+            self._reading = True
+        threading.Thread(target=self._first_reader, name=name, daemon=True).start()
+
+    def _first_reader(self) -> None:
+        with self.lock:
+            self._reader_ident = threading.get_ident()
+        self._read_loop()
 
     def _read_loop(self) -> None:
+        """Read until the connection ends, or until another thread takes the role over."""
+        me = threading.get_ident()
+        handed_over = False
         reason = "connection closed by peer"
         try:
             while True:
@@ -233,25 +261,93 @@ class Transport:
                         events = None
                     if events:
                         self._dispatch(events)
+                    task, self._inline = self._inline, None
                 self.flush()
                 if events is None or self.closed:
                     reason = self.close_reason or reason
                     break
+                if task is not None and not self._run_inline(task, me):
+                    handed_over = True  # another thread reads now and will close the socket
+                    return
         except OSError as exc:
             reason = f"connection lost: {exc}"
         except Exception:  # a bug in an event handler: drop the connection, keep the process
             log.exception("%s: unexpected error in the reader", self.name)
             reason = "internal error in the connection reader"
         finally:
+            if not handed_over:
+                self._close_socket(reason)
+
+    def _close_socket(self, reason: str) -> None:
+        with self.lock:
+            self._lose(reason)
+            self.cond.wait_for(lambda: not self._writing, timeout=5.0)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        with self.lock:
+            self._read_done = True
+            self.cond.notify_all()
+        self.on_closed()
+
+    # -- the reader running a call itself (lock held unless said) -------------
+
+    def run_on_reader(self, task: Callable[[], None]) -> bool:
+        """Let the reader run ``task`` once it has dispatched this batch of events.
+
+        False if it cannot (it already has one, or no watchdog can be
+        armed): the caller then hands the task to a worker.
+        """
+        if self._inline is not None or self.handoff_after is None:
+            return False
+        if not self._watchdog:
+            if not self.start_watchdog(self._watch):
+                return False
+            self._watchdog = True
+        self._inline = task
+        return True
+
+    def start_watchdog(self, watchdog: Callable[[], None]) -> bool:
+        """Run ``watchdog`` on another thread; False if none is available."""
+        return False
+
+    def _run_inline(self, task: Callable[[], None], me: int) -> bool:
+        """Run a call on the reading thread (no lock); False if the role moved meanwhile."""
+        with self.lock:
+            self._inline_since = time.monotonic()
+            self._inline_runs += 1
+        try:
+            task()
+        finally:
             with self.lock:
-                self._lose(reason)
-                self.cond.wait_for(lambda: not self._writing, timeout=5.0)
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
-            self.on_closed()
+                self._inline_since = None
+                still_reader = self._reader_ident == me
+        return still_reader
+
+    def _watch(self) -> None:
+        """The watchdog: take the reading role from a reader stuck in a call."""
+        period = self.handoff_after
+        assert period is not None
+        seen = -1
+        while True:
+            with self.lock:
+                since = self._inline_since
+                now = time.monotonic()
+                if since is not None and now - since >= period:
+                    self._reader_ident = threading.get_ident()  # the role moves here, at once
+                    self._inline_since = None
+                    self._watchdog = False
+                    break
+                if since is None and (self._inline_runs == seen or self.closed):
+                    self._watchdog = False  # nothing ran since the last look: stand down
+                    return
+                seen = self._inline_runs
+                wait = period if since is None else since + period - now
+            time.sleep(wait)
+        log.debug("%s: a call ran over %.3f s on the reader; another thread reads now", self.name, period)
+        self._read_loop()
 
     def _dispatch(self, events: list[Any]) -> None:
         """Route h2 events (lock held)."""
@@ -306,9 +402,11 @@ class Transport:
         self._wake_reader()
 
     def join(self, timeout: Optional[float] = None) -> None:
-        reader = self._reader
-        if reader is not None and reader.ident is not None and reader is not threading.current_thread():
-            reader.join(timeout)
+        """Wait until the reader has closed the socket (at once if called by the reader)."""
+        with self.lock:
+            if not self._reading or self._reader_ident == threading.get_ident():
+                return
+            self.cond.wait_for(lambda: self._read_done, timeout)
 
     # -- hooks for the server and client (called with the lock held) ----------
 

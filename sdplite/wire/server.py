@@ -1,8 +1,9 @@
 """A gRPC server on a Unix socket: listen, accept, stop.
 
 One thread accepts; each connection gets a reader thread
-(:class:`.server_connection.ServerConnection`); handlers run on a shared
-:class:`.workers.WorkerPool`.
+(:class:`.server_connection.ServerConnection`); streams and concurrent calls
+run on a shared :class:`.workers.WorkerPool`, and the reader runs a lone
+unary call itself, handing reading over if it runs long.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Server:
         backlog: int = 64,
         max_connections: int = 64,
         allowed_uids: Optional[Iterable[int]] = None,
+        handoff_after: Optional[float] = 0.005,
     ) -> None:
         if len(os.fsencode(path)) > MAX_UNIX_PATH:
             raise ValueError(
@@ -81,6 +83,10 @@ class Server:
         self.max_connections = max_connections
         #: Peer UIDs allowed to connect (checked with SO_PEERCRED); None allows any.
         self.allowed_uids = None if allowed_uids is None else frozenset(allowed_uids)
+        #: A unary call runs on its connection's reader (no thread switch); if it
+        #: takes longer than this many seconds, another thread reads instead.
+        #: None: every call goes to a worker.
+        self.handoff_after = handoff_after
         self.pool = WorkerPool(max_workers=max_workers, idle_timeout=worker_idle_timeout, name="sdplite")
         self.stopping = False
         self._lock = threading.Lock()

@@ -1,8 +1,10 @@
 """The server side of one connection: requests in, handlers out, statuses back.
 
-The reader thread (see :mod:`.connection`) turns h2 events into calls and
-hands each complete request to a worker; it never runs a handler. It also
-enforces deadlines: it wakes when the nearest one passes and ends that call.
+The reader thread (see :mod:`.connection`) turns h2 events into calls. It
+runs one ready unary call itself and hands the rest, and every stream, to
+workers; a call that runs long on the reader loses it the reading role
+within ``Server.handoff_after`` seconds. The reader also enforces deadlines:
+it wakes when the nearest one passes and ends that call.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import h2.errors
 import h2.events
@@ -67,6 +69,7 @@ class ServerConnection(Transport):
     def __init__(self, sock: socket.socket, server: Server, number: int) -> None:
         super().__init__(sock, client_side=False, name=f"{server.path}#{number}")
         self.server = server
+        self.handoff_after = server.handoff_after
         self.calls: dict[int, ServerCall] = {}
         self._deadlines = 0  # calls with a deadline, to skip the scan when none
 
@@ -89,6 +92,9 @@ class ServerConnection(Transport):
             h2conn.increment_flow_control_window(self.server.connection_window - 65535)
         self.flush()
         self.start_reader(f"sdplite-conn-{self.name}")
+
+    def start_watchdog(self, watchdog: Callable[[], None]) -> bool:
+        return self.server.pool.submit(watchdog)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in progress (or the connection is gone)."""
@@ -205,7 +211,10 @@ class ServerConnection(Transport):
         if call.decoder.pending or len(call.messages) != 1:
             self._finish(call, StatusCode.UNIMPLEMENTED, "expected one request message, got none")
             return
-        if not self.server.pool.submit(lambda: self._run(call)):
+        task = lambda: self._run(call)  # noqa: E731
+        if call.stream is None and self.run_on_reader(task):
+            return  # a unary call: the reader runs it (see connection.py)
+        if not self.server.pool.submit(task):
             self._finish(call, StatusCode.UNAVAILABLE, "server is busy: too many calls in progress")
 
     def _finish(self, call: ServerCall, code: StatusCode, message: str, http: int = 200) -> None:

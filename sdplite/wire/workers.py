@@ -1,9 +1,11 @@
-"""A small elastic thread pool for call handlers.
+"""A small elastic thread pool for call handlers and reader watchdogs.
 
-Handlers must never run on a connection's reader thread (a slow Allocate
-would stall ListAndWatch and every other call on that connection), and
-long-lived streams must never starve short calls, as a fixed pool does. So a
-call takes an idle worker if there is one and otherwise starts a new thread,
+A handler must never hold up its connection's reading (a slow Allocate
+would stall ListAndWatch and every other call on that connection): streams
+and concurrent calls run here, and so do the watchdogs that take reading
+over from a reader that runs a call itself for too long (see connection.py).
+Long-lived streams must never starve short calls, as a fixed pool does. So a
+task takes an idle worker if there is one and otherwise starts a new thread,
 up to ``max_workers``; idle workers exit after ``idle_timeout`` seconds, so
 an idle plugin keeps few threads.
 """
