@@ -17,7 +17,7 @@ from sdplite.wire import Channel, GrpcError, Server, StatusCode, unary
 
 from conftest import wait_until
 from echo_service import ECHO, HANG, WATCH, Hub, serve_sdplite
-from raw_h2 import RawClient, grpc_frame
+from raw_h2 import RawClient, grpc_frame, request_headers
 
 REMAINING = "/test.Deadline/Remaining"
 
@@ -270,6 +270,23 @@ def test_a_lone_unary_call_runs_on_the_reading_thread_unless_told_not_to(sock_di
         finally:
             server.stop(0)
     assert seen[0].startswith("sdplite-conn-") and seen[1].startswith("sdplite-worker-")
+
+
+def test_calls_read_together_behind_a_hung_one_are_still_answered(served: Any) -> None:
+    """A hung call and an echo arrive in one write: the echo is answered while the first hangs."""
+    path, hub, _ = served
+    client = RawClient(path)
+    hung, echo = (client.h2.get_next_available_stream_id() + n * 2 for n in range(2))
+    for sid, method, body in ((hung, HANG, StringValue(value="first")), (echo, ECHO, BytesValue(value=b"y"))):
+        client.h2.send_headers(sid, request_headers(method))
+        client.h2.send_data(sid, grpc_frame(body.SerializeToString()), end_stream=True)
+    client.flush()  # one write, so the server reads both at once
+    assert client.status(echo)[0] == StatusCode.OK
+    assert not hub.event(hub.cancelled, "first").is_set()
+    client.h2.reset_stream(hung)
+    client.flush()
+    assert hub.event(hub.cancelled, "first").wait(10)
+    client.close()
 
 
 @pytest.mark.parametrize("handoff_after", [0.005, None], ids=["reader-runs-calls", "workers-only"])

@@ -12,13 +12,9 @@ which releases it, and the reader wakes every waiter on WINDOW_UPDATE, on a
 SETTINGS change (it resizes every stream window) and on stream or connection
 loss.
 
-Reading is a role, not a thread (leader/follower). The server may give the
-reading thread one ready unary call to run itself, which saves handing it to
-another thread (two thread switches, most of a call's cost). While it runs,
-a watchdog on another thread checks every ``handoff_after`` seconds; if the
-call is still running, the watchdog takes the reading role over, so a slow
-handler holds up the rest of the connection for at most that long. The
-thread that ran the call then finds it is no longer the reader and leaves.
+Reading is a role, not a thread: the thread that reads may change (see
+:mod:`.reader_calls`). Whichever reader meets the end of the connection
+closes the socket.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ import logging
 import select
 import socket
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -100,13 +95,6 @@ class Transport:
         self._reading = False  # a reader was started
         self._reader_ident: Optional[int] = None  # the thread that reads now
         self._read_done = False  # the last reader has closed the socket
-        self._inline: Optional[Callable[[], None]] = None  # a call the reader runs itself
-        self._inline_since: Optional[float] = None  # when the reader began running it
-        self._inline_runs = 0  # calls run by readers so far (the watchdog's sign of activity)
-        self._watchdog = False  # a watchdog is armed
-        #: Seconds a reader may spend in a call before another thread reads
-        #: instead; None: the reader never runs calls.
-        self.handoff_after: Optional[float] = 0.005
 
     # -- writing -------------------------------------------------------------
 
@@ -261,12 +249,11 @@ class Transport:
                         events = None
                     if events:
                         self._dispatch(events)
-                    task, self._inline = self._inline, None
                 self.flush()
                 if events is None or self.closed:
                     reason = self.close_reason or reason
                     break
-                if task is not None and not self._run_inline(task, me):
+                if not self.after_read(me):
                     handed_over = True  # another thread reads now and will close the socket
                     return
         except OSError as exc:
@@ -291,63 +278,6 @@ class Transport:
             self._read_done = True
             self.cond.notify_all()
         self.on_closed()
-
-    # -- the reader running a call itself (lock held unless said) -------------
-
-    def run_on_reader(self, task: Callable[[], None]) -> bool:
-        """Let the reader run ``task`` once it has dispatched this batch of events.
-
-        False if it cannot (it already has one, or no watchdog can be
-        armed): the caller then hands the task to a worker.
-        """
-        if self._inline is not None or self.handoff_after is None:
-            return False
-        if not self._watchdog:
-            if not self.start_watchdog(self._watch):
-                return False
-            self._watchdog = True
-        self._inline = task
-        return True
-
-    def start_watchdog(self, watchdog: Callable[[], None]) -> bool:
-        """Run ``watchdog`` on another thread; False if none is available."""
-        return False
-
-    def _run_inline(self, task: Callable[[], None], me: int) -> bool:
-        """Run a call on the reading thread (no lock); False if the role moved meanwhile."""
-        with self.lock:
-            self._inline_since = time.monotonic()
-            self._inline_runs += 1
-        try:
-            task()
-        finally:
-            with self.lock:
-                self._inline_since = None
-                still_reader = self._reader_ident == me
-        return still_reader
-
-    def _watch(self) -> None:
-        """The watchdog: take the reading role from a reader stuck in a call."""
-        period = self.handoff_after
-        assert period is not None
-        seen = -1
-        while True:
-            with self.lock:
-                since = self._inline_since
-                now = time.monotonic()
-                if since is not None and now - since >= period:
-                    self._reader_ident = threading.get_ident()  # the role moves here, at once
-                    self._inline_since = None
-                    self._watchdog = False
-                    break
-                if since is None and (self._inline_runs == seen or self.closed):
-                    self._watchdog = False  # nothing ran since the last look: stand down
-                    return
-                seen = self._inline_runs
-                wait = period if since is None else since + period - now
-            time.sleep(wait)
-        log.debug("%s: a call ran over %.3f s on the reader; another thread reads now", self.name, period)
-        self._read_loop()
 
     def _dispatch(self, events: list[Any]) -> None:
         """Route h2 events (lock held)."""
@@ -422,6 +352,14 @@ class Transport:
 
     def on_closed(self) -> None:
         """Called (without the lock) once the socket is closed."""
+
+    def after_read(self, reader: int) -> bool:
+        """Called (without the lock) after each batch of events is dispatched and flushed.
+
+        Returns False if thread ``reader`` is no longer the reader and must
+        leave the connection alone.
+        """
+        return True
 
 
 def error_name(error_code: Optional[int]) -> str:

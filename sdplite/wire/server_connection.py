@@ -1,10 +1,10 @@
 """The server side of one connection: requests in, handlers out, statuses back.
 
 The reader thread (see :mod:`.connection`) turns h2 events into calls. It
-runs one ready unary call itself and hands the rest, and every stream, to
-workers; a call that runs long on the reader loses it the reading role
-within ``Server.handoff_after`` seconds. The reader also enforces deadlines:
-it wakes when the nearest one passes and ends that call.
+runs the unary calls it reads itself and hands every stream to a worker; a
+call that runs past ``Server.handoff_after`` seconds loses it the reading
+role (see :mod:`.reader_calls`). The reader also enforces deadlines: it
+wakes when the nearest one passes and ends that call.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import h2.errors
 import h2.events
 import h2.settings
 
-from .connection import H2Stream, StreamGone, Transport
+from .connection import H2Stream, StreamGone
 from .framing import MessageDecoder, encode_message
 from .handlers import CANCELLED, Method, ResponseStream, ServerContext, _End, status_of
+from .reader_calls import CallRunningTransport
 from .status import GrpcError, StatusCode, encode_grpc_message, parse_grpc_timeout
 
 if TYPE_CHECKING:
@@ -65,11 +66,12 @@ class ServerCall(H2Stream):
         self.stream: Optional[ResponseStream] = None
 
 
-class ServerConnection(Transport):
+class ServerConnection(CallRunningTransport):
     def __init__(self, sock: socket.socket, server: Server, number: int) -> None:
-        super().__init__(sock, client_side=False, name=f"{server.path}#{number}")
+        super().__init__(
+            sock, client_side=False, name=f"{server.path}#{number}", handoff_after=server.handoff_after
+        )
         self.server = server
-        self.handoff_after = server.handoff_after
         self.calls: dict[int, ServerCall] = {}
         self._deadlines = 0  # calls with a deadline, to skip the scan when none
 
@@ -95,6 +97,15 @@ class ServerConnection(Transport):
 
     def start_watchdog(self, watchdog: Callable[[], None]) -> bool:
         return self.server.pool.submit(watchdog)
+
+    def run_call(self, call: ServerCall) -> None:
+        self._run(call)
+
+    def hand_off(self, call: ServerCall) -> None:
+        if not self.server.pool.submit(lambda: self._run(call)):
+            with self.lock:
+                self._finish(call, StatusCode.UNAVAILABLE, "server is busy: too many calls in progress")
+            self.flush()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in progress (or the connection is gone)."""
@@ -211,10 +222,9 @@ class ServerConnection(Transport):
         if call.decoder.pending or len(call.messages) != 1:
             self._finish(call, StatusCode.UNIMPLEMENTED, "expected one request message, got none")
             return
-        task = lambda: self._run(call)  # noqa: E731
-        if call.stream is None and self.run_on_reader(task):
-            return  # a unary call: the reader runs it (see connection.py)
-        if not self.server.pool.submit(task):
+        if call.stream is None and self.run_on_reader(call):
+            return  # a unary call: the reader runs it (see reader_calls.py)
+        if not self.server.pool.submit(lambda: self._run(call)):
             self._finish(call, StatusCode.UNAVAILABLE, "server is busy: too many calls in progress")
 
     def _finish(self, call: ServerCall, code: StatusCode, message: str, http: int = 200) -> None:
