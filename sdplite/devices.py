@@ -35,13 +35,65 @@ class DeviceListError(ValueError):
     """A device list the kubelet could not use; the message says what to fix."""
 
 
-@dataclass(frozen=True)
+# The classes below are frozen dataclasses, but with hand-written __init__,
+# __repr__ and __eq__: @dataclass builds those by compiling source code,
+# which made up most of this module's import time, and the generated
+# __init__ of Device (with __post_init__) is about twice as slow on a long list.
+
+
+class _Factory:
+    """The default of a field that gets a new empty dict: shown as ``<factory>``, like a dataclass's."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+    def __bool__(self) -> bool:
+        return False  # reads as an empty mapping
+
+
+_NEW_DICT: Any = _Factory()
+
+
+def _values(self: Any) -> tuple[Any, ...]:
+    return tuple([getattr(self, name) for name in self._FIELDS])
+
+
+def _eq(self: Any, other: object) -> Any:
+    """What ``@dataclass(eq=True)`` generates: same class, equal fields (else NotImplemented)."""
+    if other.__class__ is self.__class__:
+        return _values(self) == _values(other)
+    return NotImplemented
+
+
+def _hash(self: Any) -> int:
+    """What ``@dataclass(frozen=True)`` generates: the hash of the fields."""
+    return hash(_values(self))
+
+
+def _repr(self: Any) -> str:
+    """What ``@dataclass(repr=True)`` generates."""
+    fields = ", ".join([f"{name}={getattr(self, name)!r}" for name in self._FIELDS])
+    return f"{type(self).__qualname__}({fields})"
+
+
+@dataclass(init=False, repr=False, eq=False, frozen=True)
 class DeviceNode:
     """A device node to create in the container (``DeviceSpec``)."""
 
     host_path: str
     container_path: Optional[str] = None  # defaults to host_path
     permissions: str = "rw"  # any of r, w, m
+
+    _FIELDS = ("host_path", "container_path", "permissions")
+    __eq__ = _eq
+    __hash__ = _hash
+    __repr__ = _repr
+
+    def __init__(self, host_path: str, container_path: Optional[str] = None, permissions: str = "rw") -> None:
+        set_ = object.__setattr__
+        set_(self, "host_path", host_path)
+        set_(self, "container_path", container_path)
+        set_(self, "permissions", permissions)
 
     def to_proto(self) -> pb.DeviceSpec:
         return pb.DeviceSpec(
@@ -51,13 +103,24 @@ class DeviceNode:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, repr=False, eq=False, frozen=True)
 class Mount:
     """A host path to mount into the container."""
 
     host_path: str
     container_path: Optional[str] = None  # defaults to host_path
     read_only: bool = True
+
+    _FIELDS = ("host_path", "container_path", "read_only")
+    __eq__ = _eq
+    __hash__ = _hash
+    __repr__ = _repr
+
+    def __init__(self, host_path: str, container_path: Optional[str] = None, read_only: bool = True) -> None:
+        set_ = object.__setattr__
+        set_(self, "host_path", host_path)
+        set_(self, "container_path", container_path)
+        set_(self, "read_only", read_only)
 
     def to_proto(self) -> pb.Mount:
         return pb.Mount(
@@ -71,7 +134,7 @@ def _freeze(mapping: Optional[Mapping[str, str]]) -> tuple[tuple[str, str], ...]
     return tuple(sorted((mapping or {}).items()))
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, repr=False, eq=False, frozen=True)
 class Device:
     """One device as the kubelet sees it, plus what a container that gets it needs.
 
@@ -89,14 +152,31 @@ class Device:
     annotations: Mapping[str, str] = field(default_factory=dict)
     cdi_devices: Sequence[str] = ()
 
-    def __post_init__(self) -> None:
+    _FIELDS = ("id", "healthy", "numa_nodes", "nodes", "mounts", "envs", "annotations", "cdi_devices")
+    __eq__ = _eq
+    __repr__ = _repr
+
+    def __init__(
+        self,
+        id: str,
+        healthy: bool = True,
+        numa_nodes: Sequence[int] = (),
+        nodes: Sequence[DeviceNode] = (),
+        mounts: Sequence[Mount] = (),
+        envs: Mapping[str, str] = _NEW_DICT,
+        annotations: Mapping[str, str] = _NEW_DICT,
+        cdi_devices: Sequence[str] = (),
+    ) -> None:
         # Frozen and hashable: sequences become tuples, mappings sorted tuples.
-        object.__setattr__(self, "numa_nodes", tuple(self.numa_nodes))
-        object.__setattr__(self, "nodes", tuple(self.nodes))
-        object.__setattr__(self, "mounts", tuple(self.mounts))
-        object.__setattr__(self, "cdi_devices", tuple(self.cdi_devices))
-        object.__setattr__(self, "envs", dict(_freeze(self.envs)))
-        object.__setattr__(self, "annotations", dict(_freeze(self.annotations)))
+        set_ = object.__setattr__
+        set_(self, "id", id)
+        set_(self, "healthy", healthy)
+        set_(self, "numa_nodes", tuple(numa_nodes))
+        set_(self, "nodes", tuple(nodes))
+        set_(self, "mounts", tuple(mounts))
+        set_(self, "envs", dict(_freeze(envs)) if envs else {})
+        set_(self, "annotations", dict(_freeze(annotations)) if annotations else {})
+        set_(self, "cdi_devices", tuple(cdi_devices))
 
     def __hash__(self) -> int:
         return hash(
@@ -147,7 +227,7 @@ class Device:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, repr=False, eq=False, frozen=True)
 class Allocation:
     """What one container gets: the friendly form of ``ContainerAllocateResponse``."""
 
@@ -156,6 +236,26 @@ class Allocation:
     nodes: Sequence[DeviceNode] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
     cdi_devices: Sequence[str] = ()
+
+    _FIELDS = ("envs", "mounts", "nodes", "annotations", "cdi_devices")
+    __eq__ = _eq
+    __hash__ = _hash
+    __repr__ = _repr
+
+    def __init__(
+        self,
+        envs: Mapping[str, str] = _NEW_DICT,
+        mounts: Sequence[Mount] = (),
+        nodes: Sequence[DeviceNode] = (),
+        annotations: Mapping[str, str] = _NEW_DICT,
+        cdi_devices: Sequence[str] = (),
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "envs", {} if envs is _NEW_DICT else envs)
+        set_(self, "mounts", mounts)
+        set_(self, "nodes", nodes)
+        set_(self, "annotations", {} if annotations is _NEW_DICT else annotations)
+        set_(self, "cdi_devices", cdi_devices)
 
     def to_proto(self) -> pb.ContainerAllocateResponse:
         response = pb.ContainerAllocateResponse()

@@ -9,7 +9,6 @@ the files themselves, so a missed or coalesced event costs at most one poll.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import struct
@@ -40,12 +39,20 @@ _libc: Optional[ctypes.CDLL] = None
 def _load_libc() -> Optional[ctypes.CDLL]:
     global _libc
     if _libc is None:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.inotify_init1.argtypes = [ctypes.c_int]
-            libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        # The C library is already loaded into the interpreter: look the calls up
+        # there (dlopen(NULL)) rather than through ctypes.util.find_library, which
+        # costs an import of subprocess, shutil and tempfile and may run ldconfig.
+        for name in (None, "libc.so.6"):
+            try:
+                libc = ctypes.CDLL(name, use_errno=True)
+                libc.inotify_init1.argtypes = [ctypes.c_int]
+                libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+            except (OSError, AttributeError):
+                continue
             _libc = libc
-        except (OSError, AttributeError):
+            break
+        else:
+            log.debug("inotify_init1 not found in the C library; polling")
             return None
     return _libc
 

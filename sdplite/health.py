@@ -10,9 +10,7 @@ stopped writing, or when a plugin is not registered or nobody watches it.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
@@ -51,7 +49,9 @@ class StatusFile:
         document = {"time": now, "pid": os.getpid(), "plugins": plugins}
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sdplite-status-")
+        import json  # here, not at the top: only a process with a status file needs it
+
+        fd, tmp = _create_temp(directory, ".sdplite-status-")
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle)
         os.replace(tmp, self.path)
@@ -64,8 +64,22 @@ class StatusFile:
             pass
 
 
+def _create_temp(directory: str, prefix: str) -> tuple[int, str]:
+    """A new file (mode 0600, opened for writing) with a random name: ``tempfile.mkstemp``'s job,
+    without importing tempfile (and shutil, random, ...) into every plugin process."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+
+
 def check_status(path: str, max_age: float = 3 * HEARTBEAT) -> tuple[bool, str]:
     """(healthy, why) for a status file, as a liveness probe should judge it."""
+    import json  # here, not at the top: see StatusFile.update
+
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .api import deviceplugin_pb2 as pb
@@ -38,10 +37,31 @@ class RegisterOutcome(enum.Enum):
     FATAL = "fatal"  # the kubelet will refuse this request every time
 
 
-@dataclass(frozen=True)
 class RegisterResult:
+    """How one Register call ended (immutable; a plain class, not a dataclass, to import faster)."""
+
+    __slots__ = ("outcome", "message")
+
     outcome: RegisterOutcome
-    message: str = ""
+    message: str
+
+    def __init__(self, outcome: RegisterOutcome, message: str = "") -> None:
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "message", message)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"RegisterResult is immutable: cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return (self.outcome, self.message) == (other.outcome, other.message)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.outcome, self.message))
+
+    def __repr__(self) -> str:
+        return f"RegisterResult(outcome={self.outcome!r}, message={self.message!r})"
 
 
 def register(

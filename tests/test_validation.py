@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from sdplite import Device, DeviceListError, InvalidNameError, build
+from sdplite import Allocation, Device, DeviceListError, DeviceNode, InvalidNameError, Mount, build
 from sdplite.api import deviceplugin_pb2 as pb
 from sdplite.devices import encode_device_list, normalize_devices
 from sdplite.naming import validate_resource_name, validate_socket_name
@@ -118,3 +120,23 @@ def test_concurrent_health_changes_all_land() -> None:
     for t in threads:
         t.join()
     assert [d.healthy for d in plugin.devices] == [False] * 32
+
+
+def test_devices_are_frozen_dataclasses() -> None:
+    node = DeviceNode("/dev/sdb")
+    device = Device("disk-0", numa_nodes=[0], nodes=[node], mounts=[Mount("/x")], envs={"B": "2", "A": "1"})
+    assert dataclasses.is_dataclass(device)
+    assert [f.name for f in dataclasses.fields(Device)][:3] == ["id", "healthy", "numa_nodes"]
+    assert device.numa_nodes == (0,) and device.nodes == (node,) and list(device.envs) == ["A", "B"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        device.healthy = False  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del node.permissions  # type: ignore[misc]
+    copy = dataclasses.replace(device, healthy=False)
+    assert copy == device.with_health(False) and copy != device
+    assert hash(copy) == hash(device.with_health(False))
+    assert dataclasses.asdict(Device("a"))["envs"] == {} and Device("a").envs is not Device("b").envs
+    assert repr(node) == "DeviceNode(host_path='/dev/sdb', container_path=None, permissions='rw')"
+    assert repr(Allocation()) == "Allocation(envs={}, mounts=(), nodes=(), annotations={}, cdi_devices=())"
+    assert {Mount("/x"), Mount("/x"), Mount("/x", read_only=False)} == {Mount("/x"), Mount("/x", None, False)}
+    assert (Mount("/x") == DeviceNode("/x")) is False

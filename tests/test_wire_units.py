@@ -27,6 +27,10 @@ def test_grpc_message_is_percent_encoded_utf8() -> None:
 def test_grpc_message_decoding_never_fails() -> None:
     assert decode_grpc_message(b"bad %zz escape %") == "bad %zz escape %"
     assert decode_grpc_message(b"%FF") == "\ufffd"
+    assert decode_grpc_message(b"%e2%9c%93 %4") == "\u2713 %4"  # lower-case hex; a cut-off escape
+    # A raw non-ASCII byte becomes U+FFFD and does not join the escapes around it.
+    assert decode_grpc_message(b"%C3\xa9%C3%A9") == "\ufffd\ufffd\u00e9"
+    assert encode_grpc_message("\ud800") == b"?"  # a lone surrogate: replaced, not an error
 
 
 @pytest.mark.parametrize(

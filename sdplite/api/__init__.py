@@ -10,6 +10,21 @@ The ``*_pb2`` modules are generated from ``proto/`` by ``proto/generate.py`` (se
 ``proto/README.md``) and import on protobuf 4.25 through 7.x. Do not edit them.
 """
 
-from . import deviceplugin_pb2, paths, pluginregistration_pb2, podresources_pb2
+from typing import TYPE_CHECKING, Any
+
+from . import deviceplugin_pb2, paths, pluginregistration_pb2
+
+if TYPE_CHECKING:
+    from . import podresources_pb2
 
 __all__ = ["deviceplugin_pb2", "paths", "pluginregistration_pb2", "podresources_pb2"]
+
+
+def __getattr__(name: str) -> Any:
+    # podresources_pb2 is only for sdplite.podresources (a client, not a plugin):
+    # loaded on first use, so a plugin process does not build its descriptors.
+    if name == "podresources_pb2":
+        import importlib
+
+        return importlib.import_module(".podresources_pb2", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

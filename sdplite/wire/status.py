@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import math
 from typing import Optional
-from urllib.parse import quote, unquote
 
 __all__ = [
     "StatusCode",
@@ -64,15 +63,32 @@ class GrpcError(Exception):
 
 
 # grpc-message is UTF-8 then percent-encoded: printable ASCII except '%'
-# passes through, everything else becomes %XX (upper-case hex).
-_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+# passes through, everything else becomes %XX (upper-case hex). Done here
+# rather than with urllib.parse, whose import (ipaddress too) every process
+# would pay for a header that is almost always plain ASCII.
+_ESCAPE = tuple(chr(b) if 0x20 <= b < 0x7F and b != 0x25 else f"%{b:02X}" for b in range(256))
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def encode_grpc_message(message: str) -> bytes:
     """Percent-encode a status message for the grpc-message header."""
     if message.isascii() and message.isprintable() and "%" not in message:
         return message.encode("ascii")
-    return quote(message, safe=_MESSAGE_SAFE, encoding="utf-8", errors="replace").encode("ascii")
+    data = message.encode("utf-8", errors="replace")
+    return "".join([_ESCAPE[b] for b in data]).encode("ascii")
+
+
+def _unescape(text: str) -> str:
+    """Undo %XX escapes in ASCII text, then read the bytes as UTF-8; a broken escape stays as it is."""
+    first, *rest = text.split("%")
+    out = bytearray(first.encode("ascii"))
+    for piece in rest:
+        if len(piece) >= 2 and piece[0] in _HEX_DIGITS and piece[1] in _HEX_DIGITS:
+            out.append(int(piece[:2], 16))
+            out += piece[2:].encode("ascii")
+        else:
+            out += b"%" + piece.encode("ascii")
+    return out.decode("utf-8", errors="replace")
 
 
 def decode_grpc_message(value: bytes) -> str:
@@ -80,7 +96,8 @@ def decode_grpc_message(value: bytes) -> str:
     text = value.decode("ascii", errors="replace")
     if "%" not in text:
         return text
-    return unquote(text, encoding="utf-8", errors="replace")
+    # A non-ASCII byte has become U+FFFD; escapes are undone between them.
+    return "\ufffd".join([_unescape(part) for part in text.split("\ufffd")])
 
 
 _TIMEOUT_UNITS = {
