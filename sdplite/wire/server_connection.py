@@ -19,6 +19,7 @@ import h2.settings
 
 from .connection import H2Stream, StreamGone, Transport
 from .framing import MessageDecoder, encode_message
+from .h2_fixes import OK_RESPONSE_HEADERS, OK_TRAILERS
 from .handlers import CANCELLED, Method, ResponseStream, ServerContext, _End, status_of
 from .header_checks import MalformedHeaders, check_trailers, parse_request
 from .status import GrpcError, StatusCode, encode_grpc_message, parse_grpc_timeout
@@ -30,8 +31,9 @@ __all__ = ["ServerConnection"]
 
 log = logging.getLogger("sdplite.wire")
 
-_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
-_OK_TRAILERS = ((b"grpc-status", b"0"),)
+# Their HPACK blocks are constants (h2_fixes.py, 5).
+_RESPONSE_HEADERS = OK_RESPONSE_HEADERS
+_OK_TRAILERS = OK_TRAILERS
 
 
 def _status_headers(code: StatusCode, message: str) -> list[tuple[bytes, bytes]]:
