@@ -63,8 +63,10 @@ class RawClient:
         if not data:
             raise ConnectionError("server closed the connection")
         events = self.h2.receive_data(data)
-        self.flush()
+        # Keep the events even if the answer cannot go out (a server that
+        # sends GOAWAY and closes may make this flush fail).
         self.events.extend(events)
+        self.flush()
         return events
 
     def read_until(self, predicate: Callable[[Any], bool]) -> Any:

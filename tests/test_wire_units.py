@@ -102,3 +102,33 @@ def test_grpc_error_pickles_and_reads_well() -> None:
         "no such device",
         "NOT_FOUND: no such device",
     )
+
+
+def test_constant_response_blocks_decode_to_our_headers_and_leave_the_table_alone() -> None:
+    """The server's precomputed HPACK blocks, mixed with ordinary encoding, decode right."""
+    import hpack
+
+    from sdplite.wire.h2_fixes import OK_RESPONSE_HEADERS, OK_TRAILERS, _ConstantBlocksEncoder
+
+    encoder, decoder = _ConstantBlocksEncoder(), hpack.Decoder()
+    other = [(b"grpc-status", b"5"), (b"grpc-message", b"not found")]
+    for _ in range(3):
+        for headers in (OK_RESPONSE_HEADERS, other, OK_TRAILERS):
+            assert decoder.decode(encoder.encode(list(headers)), raw=True) == list(headers)
+    assert encoder.encode(list(OK_TRAILERS)) == b"\x00\x0bgrpc-status\x010"  # literal, not indexed
+    assert len(decoder.header_table.dynamic_entries) == len(encoder.header_table.dynamic_entries) == 2
+
+
+def test_constant_blocks_give_way_to_a_pending_table_size_update() -> None:
+    """RFC 7541 4.2: after a SETTINGS_HEADER_TABLE_SIZE change, the next block starts with the update."""
+    import hpack
+
+    from sdplite.wire.h2_fixes import OK_TRAILERS, _ConstantBlocksEncoder
+
+    encoder, decoder = _ConstantBlocksEncoder(), hpack.Decoder()
+    constant = encoder.encode(list(OK_TRAILERS))
+    encoder.header_table_size = 0
+    block = encoder.encode(list(OK_TRAILERS))
+    assert block != constant and block[0] & 0xE0 == 0x20  # a dynamic table size update first
+    assert decoder.decode(block, raw=True) == list(OK_TRAILERS)
+    assert encoder.encode(list(OK_TRAILERS)) == constant

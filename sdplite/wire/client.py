@@ -22,6 +22,7 @@ import h2.exceptions
 from .. import __version__
 from .connection import H2Stream, StreamGone, Transport, error_name
 from .framing import DEFAULT_MAX_MESSAGE, MessageDecoder, encode_message
+from .header_checks import MalformedHeaders, check_response, check_trailers
 from .status import (
     GrpcError,
     StatusCode,
@@ -86,6 +87,17 @@ class _ClientConnection(Transport):
         call = self.calls.get(event.stream_id)
         if call is None:
             return
+        response = isinstance(event, h2.events.ResponseReceived)
+        try:
+            if response:
+                check_response(event.headers)
+            else:
+                check_trailers(event.headers)
+        except MalformedHeaders as exc:
+            # A stream error (RFC 9113 8.1.1): this call fails, the connection stays.
+            self._settle(call, StatusCode.INTERNAL, f"malformed response headers: {exc}")
+            self.reset(call, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
         status: Optional[bytes] = None
         message = b""
         content_type = b""
@@ -98,7 +110,7 @@ class _ClientConnection(Transport):
                 message = value
             elif name == b"content-type":
                 content_type = value
-        if isinstance(event, h2.events.ResponseReceived) and not content_type.startswith(b"application/grpc"):
+        if response and not content_type.startswith(b"application/grpc"):
             if status is None:
                 code = status_for_http(call.http_status) if call.http_status != 200 else StatusCode.UNKNOWN
                 self._settle(

@@ -66,15 +66,17 @@ def make_config(client_side: bool) -> h2.config.H2Configuration:
     Headers stay bytes (no decoding per call), and outbound header
     validation is off: we only ever send header lists built by this package,
     already lower-case with pseudo-headers first (GRPC-H2.md 2.4).
-    Inbound validation stays on: the peer is not trusted.
+    Inbound validation and normalisation are off too: the peer is not
+    trusted, but :mod:`.header_checks` does the checks that matter in one
+    pass, for a fraction of h2's cost, and a failure resets only the stream.
     """
     return h2.config.H2Configuration(
         client_side=client_side,
         header_encoding=None,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=True,
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
     )
 
 

@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 
 from .connection import H2Stream, StreamGone
 from .framing import MessageDecoder, encode_message
+from .h2_fixes import OK_RESPONSE_HEADERS, OK_TRAILERS
 from .handlers import CANCELLED, Method, ResponseStream, ServerContext, _End, status_of
+from .header_checks import MalformedHeaders, check_trailers, parse_request
 from .reader_calls import CallRunningTransport
 from .status import GrpcError, StatusCode, encode_grpc_message, parse_grpc_timeout
 
@@ -31,8 +34,9 @@ __all__ = ["ServerConnection"]
 
 log = logging.getLogger("sdplite.wire")
 
-_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
-_OK_TRAILERS = ((b"grpc-status", b"0"),)
+# Their HPACK blocks are constants (h2_fixes.py, 5).
+_RESPONSE_HEADERS = OK_RESPONSE_HEADERS
+_OK_TRAILERS = OK_TRAILERS
 
 
 def _status_headers(code: StatusCode, message: str) -> list[tuple[bytes, bytes]]:
@@ -116,35 +120,25 @@ class ServerConnection(CallRunningTransport):
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
-        path = b""
-        http_method = b""
-        content_type = b""
-        timeout = None
-        encoding = None
-        metadata: list[tuple[bytes, bytes]] = []
-        for name, value in event.headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-                elif name == b":method":
-                    http_method = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                timeout = value
-            elif name == b"grpc-encoding":
-                encoding = value
-            else:
-                metadata.append((name, value))
-        path_text = path.decode("utf-8", "replace")
+        try:
+            request = parse_request(event.headers)
+        except MalformedHeaders as exc:
+            self._refuse_malformed(sid, str(exc))
+            return
+        path_text = request.path.decode("utf-8", "replace")
         method = self.server.methods.get(path_text)
         call = ServerCall(sid, method, self.server.max_receive_message)
         self.calls[sid] = call
         if event.stream_ended is not None:
             call.half_closed = True
-        if http_method != b"POST":
-            self._finish(call, StatusCode.INTERNAL, f"invalid :method {http_method!r}", http=405)
+        if request.method != b"POST":
+            self._finish(call, StatusCode.INTERNAL, f"invalid :method {request.method!r}", http=405)
             return
+        if request.authority is None:
+            # As grpc-go does (GRPC-H2.md 1.2): HTTP semantics want one or the other.
+            self._finish(call, StatusCode.INTERNAL, "missing :authority and host", http=400)
+            return
+        content_type = request.content_type
         if not content_type.startswith(b"application/grpc"):
             self._finish(
                 call,
@@ -159,9 +153,11 @@ class ServerConnection(CallRunningTransport):
         if method is None:
             self._finish(call, StatusCode.UNIMPLEMENTED, _unknown(path_text, self.server.services))
             return
+        encoding = request.encoding
         if encoding not in (None, b"identity"):
             self._finish(call, StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported")
             return
+        timeout = request.timeout
         if timeout is not None:
             try:
                 seconds = parse_grpc_timeout(timeout)
@@ -170,11 +166,28 @@ class ServerConnection(CallRunningTransport):
                 return
             call.deadline = time.monotonic() + seconds
             self._deadlines += 1
-        call.context = ServerContext(path_text, metadata, call.deadline)
+        call.context = ServerContext(path_text, request.metadata, call.deadline)
         if method.streaming:
             call.stream = ResponseStream(call.context, latest_only=method.latest_only)
         if call.half_closed:
             self._dispatch_call(call)
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        try:
+            check_trailers(event.headers)
+        except MalformedHeaders as exc:
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                self._cancel(call)
+            self._refuse_malformed(event.stream_id, str(exc))
+
+    def _refuse_malformed(self, sid: int, problem: str) -> None:
+        """A malformed request: RST_STREAM(PROTOCOL_ERROR) on that stream alone (RFC 9113 8.1.1)."""
+        log.debug("%s: stream %d: malformed request: %s", self.name, sid, problem)
+        try:
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        except h2.exceptions.ProtocolError:  # already closed
+            pass
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         sid = event.stream_id
@@ -211,6 +224,7 @@ class ServerConnection(CallRunningTransport):
 
     _event_handlers = {
         h2.events.RequestReceived: _on_request,
+        h2.events.TrailersReceived: _on_trailers,
         h2.events.DataReceived: _on_data,
         h2.events.StreamEnded: _on_stream_ended,
         h2.events.StreamReset: _on_reset,
