@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +33,23 @@ def spawn(script: str, plugin_dir: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
+def read_until(proc: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:
+    """The process's output up to the first line containing ``text`` (all of it read so far, on timeout)."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return "".join(lines)
+
+
 def finish(proc: subprocess.Popen[str]) -> str:
     if proc.poll() is None:
         proc.kill()
@@ -46,9 +64,11 @@ def test_superdisk_example_serves_and_allocates(kubelet: GrpcioKubelet) -> None:
         response = kubelet.allocate("example.com/superdisk", ["superdisk-1"])
         spec = response.container_responses[0].devices[0]
         assert (spec.host_path, spec.container_path) == ("/dev/null", "/dev/superdisk1")
+        # The kubelet may get the list before our Register call has returned: wait for its log line.
+        out = read_until(proc, "registered with the kubelet")
+        assert "registered with the kubelet" in out, out
     finally:
-        out = finish(proc)
-    assert "registered with the kubelet" in out
+        finish(proc)
 
 
 def test_health_example_goes_unhealthy_and_healthy_again(kubelet: GrpcioKubelet, sock_dir: str) -> None:

@@ -108,9 +108,9 @@ def test_constant_response_blocks_decode_to_our_headers_and_leave_the_table_alon
     """The server's precomputed HPACK blocks, mixed with ordinary encoding, decode right."""
     import hpack
 
-    from sdplite.wire.h2_fixes import OK_RESPONSE_HEADERS, OK_TRAILERS, _ConstantBlocksEncoder
+    from sdplite.wire.hpack_shortcuts import OK_RESPONSE_HEADERS, OK_TRAILERS, ConstantBlocksEncoder
 
-    encoder, decoder = _ConstantBlocksEncoder(), hpack.Decoder()
+    encoder, decoder = ConstantBlocksEncoder(), hpack.Decoder()
     other = [(b"grpc-status", b"5"), (b"grpc-message", b"not found")]
     for _ in range(3):
         for headers in (OK_RESPONSE_HEADERS, other, OK_TRAILERS):
@@ -123,12 +123,60 @@ def test_constant_blocks_give_way_to_a_pending_table_size_update() -> None:
     """RFC 7541 4.2: after a SETTINGS_HEADER_TABLE_SIZE change, the next block starts with the update."""
     import hpack
 
-    from sdplite.wire.h2_fixes import OK_TRAILERS, _ConstantBlocksEncoder
+    from sdplite.wire.hpack_shortcuts import OK_TRAILERS, ConstantBlocksEncoder
 
-    encoder, decoder = _ConstantBlocksEncoder(), hpack.Decoder()
+    encoder, decoder = ConstantBlocksEncoder(), hpack.Decoder()
     constant = encoder.encode(list(OK_TRAILERS))
     encoder.header_table_size = 0
     block = encoder.encode(list(OK_TRAILERS))
     assert block != constant and block[0] & 0xE0 == 0x20  # a dynamic table size update first
     assert decoder.decode(block, raw=True) == list(OK_TRAILERS)
     assert encoder.encode(list(OK_TRAILERS)) == constant
+
+
+def test_the_remembering_decoder_decodes_every_block_as_plain_hpack_does() -> None:
+    """Blocks that repeat, that add to the table, evict and resize it: the same headers as hpack's.
+
+    With a few values cycling through a small table, the same bytes (say
+    "dynamic entry 1") keep meaning other headers: a remembered block must
+    not outlive the table it was decoded against.
+    """
+    import random
+
+    import hpack
+
+    from sdplite.wire.hpack_shortcuts import RememberingDecoder
+
+    rng = random.Random(7)
+    pool = [(b"x-device", f"gpu-{n}".encode()) for n in range(6)] + [
+        (b":path", b"/v1beta1.DevicePlugin/Allocate")
+    ]
+    encoder, ours, plain = hpack.Encoder(), RememberingDecoder(), hpack.Decoder()
+    encoder.header_table_size = ours.header_table_size = plain.header_table_size = 160  # 3-4 entries
+    seen_again = 0
+    blocks: set[bytes] = set()
+    for step in range(2000):
+        headers = rng.sample(pool, rng.choice([1, 1, 2]))
+        if rng.random() < 0.01:
+            encoder.header_table_size = rng.choice([0, 96, 160])
+        block = encoder.encode(headers)
+        seen_again += block in blocks
+        blocks.add(block)
+        assert ours.decode(block, raw=True) == plain.decode(block, raw=True) == headers, step
+    assert seen_again > 1000  # mostly blocks met before: the remembering path is what ran
+
+
+def test_a_remembered_block_still_meets_a_lowered_header_list_limit() -> None:
+    import hpack
+    import pytest
+
+    from sdplite.wire.hpack_shortcuts import RememberingDecoder
+
+    encoder, decoder = hpack.Encoder(), RememberingDecoder()
+    headers = [(b":path", b"/a.B/C"), (b"x-big", b"v" * 200)]
+    decoder.decode(encoder.encode(headers), raw=True)
+    block = encoder.encode(headers)  # all indexed now: remembered after one decode
+    assert decoder.decode(block, raw=True) == decoder.decode(block, raw=True) == headers
+    decoder.max_header_list_size = 100
+    with pytest.raises(hpack.OversizedHeaderListError):
+        decoder.decode(block, raw=True)

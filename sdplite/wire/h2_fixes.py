@@ -1,5 +1,4 @@
-"""Four places where h2 4.x is harsher or laxer than HTTP/2 asks, put right,
-and one shortcut.
+"""Four places where h2 4.x is harsher or laxer than HTTP/2 asks, put right.
 
 h2 is pinned below 5 (setup.cfg) because these reach into three of its
 internals (``FrameBuffer``, ``_receive_headers_frame``, ``_receive_frame``);
@@ -19,18 +18,9 @@ tests/interop/spec.py (run against grpc-go) pins 4.
    (h2#1199), so grpc-go's GracefulStop, a GOAWAY then a PING, looked like a
    protocol error: the GOAWAY event was lost and a GOAWAY(PROTOCOL_ERROR)
    went back. The connection is ending either way (GRPC-H2.md 1.10).
-5. The server's HPACK encoder (``conn.encoder``, an ``hpack.Encoder``
-   subclass) answers the two header lists every successful unary call sends,
-   ``:status 200, content-type application/grpc`` and ``grpc-status 0``,
-   with constant blocks instead of encoding them again (about 7-14 us each).
-   The blocks use only the static table (``:status 200`` is index 8) and
-   literals without indexing (RFC 7541 6.1, 6.2.2), which leave the dynamic
-   table alone, so they are right in any encoder state, except when a
-   dynamic table size update is pending (RFC 7541 4.2: it must start the
-   next block); then, read from hpack's ``header_table.resized``, the real
-   encoder runs. h2 passes ``encode`` a fresh list built from ours, so the
-   match is by equality. tests/test_wire_units.py decodes the blocks; every
-   interop test (grpc-go, grpc-js, grpcio clients) receives them.
+
+:func:`new_connection` also installs the HPACK shortcuts of
+:mod:`.hpack_shortcuts`.
 """
 
 from __future__ import annotations
@@ -44,10 +34,11 @@ import h2.events
 import h2.exceptions
 import h2.frame_buffer
 import h2.settings
-import hpack
 import hyperframe.frame
 
-__all__ = ["new_connection", "OK_RESPONSE_HEADERS", "OK_TRAILERS"]
+from .hpack_shortcuts import install_shortcuts
+
+__all__ = ["new_connection"]
 
 _WINDOW_UPDATE = 0x8
 _UNLIMITED = 2**31 - 1
@@ -95,57 +86,11 @@ class _ServerConnection(_Connection):
         return frames, []
 
 
-#: What a unary call's response starts with, and its trailers when it succeeds.
-OK_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
-OK_TRAILERS = ((b"grpc-status", b"0"),)
-
-
-def _literal(name: bytes | int, value: bytes) -> bytes:
-    """A literal field without indexing (RFC 7541 6.2.2), name by static index or literal.
-
-    No Huffman coding; every integer here fits its prefix or one more byte.
-    """
-
-    def integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
-        limit = (1 << prefix_bits) - 1
-        if value < limit:
-            return bytes([first | value])
-        assert value - limit < 128
-        return bytes([first | limit, value - limit])
-
-    if isinstance(name, int):
-        head = integer(name, 4)
-    else:
-        head = b"\x00" + integer(len(name), 7) + name
-    return head + integer(len(value), 7) + value
-
-
-_STATIC_STATUS_200 = 8
-_STATIC_CONTENT_TYPE = 31
-_CONSTANT_BLOCKS = (
-    (
-        [tuple(h) for h in OK_RESPONSE_HEADERS],
-        bytes([0x80 | _STATIC_STATUS_200]) + _literal(_STATIC_CONTENT_TYPE, OK_RESPONSE_HEADERS[1][1]),
-    ),
-    ([tuple(h) for h in OK_TRAILERS], _literal(OK_TRAILERS[0][0], OK_TRAILERS[0][1])),
-)
-
-
-class _ConstantBlocksEncoder(hpack.Encoder):
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        if not self.header_table.resized:
-            for fields, block in _CONSTANT_BLOCKS:
-                if headers == fields:
-                    return block
-        return super().encode(headers, huffman)
-
-
 def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connection:
-    """An H2Connection with the fixes above (the stream limit and constant blocks on the server side only)."""
+    """An H2Connection with the fixes above (the stream limit on the server side only)."""
     cls = _Connection if config.client_side else _ServerConnection
     conn = cls(config)
-    if not config.client_side:
-        conn.encoder = _ConstantBlocksEncoder()
+    install_shortcuts(conn, server_side=not config.client_side)
     strict = _StrictFrameBuffer(server=not config.client_side)
     strict.max_frame_size = conn.max_inbound_frame_size
     conn.incoming_buffer = strict

@@ -104,8 +104,10 @@ class CallRunningTransport(Transport):
                     self._watchdog = False
                     waiting, self._ready = self._ready, []
                     break
-                if since is None and (self._runs == seen or self.closed):
-                    self._watchdog = False  # nothing ran since the last look: stand down
+                if since is None and not self._ready and (self._runs == seen or self.closed):
+                    # Nothing running, nothing waiting, nothing begun since the last
+                    # look: stand down. (A call queued after this arms a new watchdog.)
+                    self._watchdog = False
                     return
                 seen = self._runs
                 wait = period if since is None else since + period - now

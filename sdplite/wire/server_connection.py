@@ -21,9 +21,9 @@ import h2.settings
 
 from .connection import H2Stream, StreamGone
 from .framing import MessageDecoder, encode_message
-from .h2_fixes import OK_RESPONSE_HEADERS, OK_TRAILERS
 from .handlers import CANCELLED, Method, ResponseStream, ServerContext, _End, status_of
 from .header_checks import MalformedHeaders, check_trailers, parse_request
+from .hpack_shortcuts import OK_RESPONSE_HEADERS, OK_TRAILERS
 from .reader_calls import CallRunningTransport
 from .status import GrpcError, StatusCode, encode_grpc_message, parse_grpc_timeout
 
@@ -34,7 +34,7 @@ __all__ = ["ServerConnection"]
 
 log = logging.getLogger("sdplite.wire")
 
-# Their HPACK blocks are constants (h2_fixes.py, 5).
+# Their HPACK blocks are constants (hpack_shortcuts.py, 1).
 _RESPONSE_HEADERS = OK_RESPONSE_HEADERS
 _OK_TRAILERS = OK_TRAILERS
 
