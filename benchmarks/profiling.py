@@ -7,19 +7,15 @@ Four views, each written to ``<out>/profile-*.txt``:
 1. ``python -X importtime -c 'import sdplite'``, summed per top-level package.
 2. The server side of a unary Allocate, driven synchronously in this
    process: the real ServerConnection, Server and DevicePlugin methods on
-   one end of a socketpair, a plain h2 client on the other, the worker pool
-   replaced by "run it right here". With no threads involved, the time per
-   call is the CPU the server path costs, and variants of the configuration
-   give the gain of each change.
+   one end of a socketpair, a plain h2 client on the other, each call run
+   right here once its request is read (as the reader runs it, without the
+   watchdog). With no threads involved, the time per call is the CPU the
+   server path costs, and variants give the gain of some changes.
 3. A ListAndWatch push: ``DeviceState.set_health`` for 64, 10k and 70k
    devices (the part before the bytes reach the stream).
 4. The real plugin process: each thread's CPU per operation from /proc
    (all three stacks), then ``plugins/sdplite_plugin.py --profile`` with
    every thread under cProfile on CPU time, start-up subtracted.
-5. Prototypes of changes (``plugins/experiments.py``, applied by
-   monkeypatching the plugin process) measured end to end against stock
-   sdplite and grpcio: the expected gain of each suggestion.
-
 It reaches into sdplite internals (``ServerConnection``, ``Server.pool``,
 ``DeviceState``) read-only; if those change, this script needs adjusting,
 the benchmark does not.
@@ -163,21 +159,19 @@ class InlinePool:
 class SyncServer:
     """One sdplite server connection driven call by call from this thread."""
 
-    def __init__(self, impl: Any, devices: list[Device], inbound_checks: bool = True) -> None:
+    def __init__(self, impl: Any, devices: list[Device]) -> None:
         state = DeviceState("bench.example.com/dev")
         state.publish(devices)
         methods = device_plugin_methods(impl, state, lambda ctx: None)
         self.directory = tempfile.mkdtemp(prefix="sdpb-prof-")
-        self.server = Server(os.path.join(self.directory, "unused.sock"), methods)
+        # handoff_after=None: each call goes to the pool, which here runs it in this thread.
+        self.server = Server(os.path.join(self.directory, "unused.sock"), methods, handoff_after=None)
         self.server.pool.close()
         self.server.pool = InlinePool()  # type: ignore[assignment]
         self.pool: InlinePool = self.server.pool  # type: ignore[assignment]
         self.client_sock, server_sock = socket.socketpair()
         self.conn = ServerConnection(server_sock, self.server, 1)
         self.conn.start_reader = lambda name: None  # type: ignore[method-assign]
-        if not inbound_checks:
-            self.conn.h2.config.validate_inbound_headers = False
-            self.conn.h2.config.normalize_inbound_headers = False
         self.conn.start()
         self.client = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -281,11 +275,6 @@ def allocate_profile(calls: int, repeats: int = 7) -> str:
     bench_impl = _bench_impl()
     variants: list[tuple[str, Callable[[], SyncServer], bool]] = [
         ("as shipped", lambda: SyncServer(bench_impl(ids), devices), False),
-        (
-            "h2 inbound header validation/normalising off",
-            lambda: SyncServer(bench_impl(ids), devices, False),
-            False,
-        ),
         ("hook returns a ContainerAllocateResponse", lambda: SyncServer(ProtoDevices(ids), devices), False),
         ("hpack's per-header log.debug calls removed", lambda: SyncServer(bench_impl(ids), devices), True),
     ]
@@ -491,76 +480,11 @@ def process_profile(calls: int, changes: int) -> str:
     return "\n".join(out)
 
 
-# -- 5. prototypes, measured end to end ------------------------------------------------
-
-VARIANTS = [
-    ("grpcio", "grpcio", ""),
-    ("sdplite as shipped", "sdplite", ""),
-    ("sdplite +inline", "sdplite", "inline"),
-    ("sdplite +novalidate", "sdplite", "novalidate"),
-    ("sdplite +inline,noval", "sdplite", "inline,novalidate"),
-]
-COLUMNS = [
-    ("a1_cpu", "1x1 CPU us"),
-    ("a1_p50", "1x1 p50 ms"),
-    ("a8_cpu", "8x8 CPU us"),
-    ("a8_p50", "8x8 p50 ms"),
-    ("tput", "4 thr calls/s"),
-    ("law_p50", "LAW p50 ms"),
-    ("big_call", "70k call->msg ms"),
-    ("big_start", "70k start->msg ms"),
-    ("big_peak", "70k peak MiB"),
-]
-
-
-def experiments(calls: int, changes: int, rounds: int) -> str:
-    """The prototypes of plugins/experiments.py against stock sdplite and grpcio, same client."""
-    samples: dict[str, dict[str, list[float]]] = {
-        label: {key: [] for key, _ in COLUMNS} for label, _, _ in VARIANTS
-    }
-    for r in range(rounds):
-        for label, impl, names in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
-            print(f"   round {r + 1}: {label}", file=sys.stderr, flush=True)
-            extra = ["--experiment", names] if names else []
-            got = samples[label]
-            with Session(impl, extra=extra) as session:
-                session.wait_ready()
-                assert session.first is not None and session.first.ids is not None
-                ids = session.first.ids
-                for key, (containers, per) in (("a1", (1, 1)), ("a8", (8, 8))):
-                    request = scenarios.allocate_request(ids, containers, per)
-                    used, latencies, _ = scenarios.allocate_sequential(session, request, calls, 200)
-                    got[f"{key}_cpu"].append(used / calls * 1e6)
-                    got[f"{key}_p50"].append(measure.percentile(latencies, 0.5) * 1e3)
-                request = scenarios.allocate_request(ids, 1, 1)
-                elapsed, _, done = scenarios.allocate_throughput(session, request, calls)
-                got["tput"].append(done / elapsed)
-                got["law_p50"].append(statistics.median(scenarios.list_updates(session, changes)))
-            big = scenarios.big_list(impl, 70_000, 0.1, extra)
-            got["big_call"].append(big["call_ms"])
-            got["big_start"].append(big["start_ms"])
-            got["big_peak"].append(big["peak_mib"])
-    header = f"{'':26}" + "".join(f"{title:>18}" for _, title in COLUMNS)
-    lines = [
-        f"Prototypes (plugins/experiments.py), medians of {rounds} rounds; Allocate x{calls}, "
-        f"LAW x{changes}; one plugin at a time:",
-        header,
-    ]
-    for label, _, _ in VARIANTS:
-        cells = []
-        for key, _ in COLUMNS:
-            value = statistics.median(samples[label][key])
-            cells.append(f"{value:18.3f}" if key.endswith("p50") else f"{value:18.0f}")
-        lines.append(f"{label:26}" + "".join(cells))
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--changes", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the prototype comparison")
-    parser.add_argument("--only", help="one section: import, allocate, law, process or experiments")
+    parser.add_argument("--only", help="one section: import, allocate, law or process")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -572,7 +496,6 @@ def main() -> int:
         ),
         "law": lambda: law_profile(args.changes),
         "process": lambda: process_profile(args.calls, args.changes),
-        "experiments": lambda: experiments(args.calls, min(args.changes, 200), args.rounds),
     }
     if args.only:
         sections = {args.only: sections[args.only]}

@@ -137,7 +137,7 @@ class Session:
     """A fresh directory and kubelet stand-in, and one plugin process registered with it."""
 
     def __init__(self, impl: str, devices: int = 64, poll: float = 0.1, extra: Sequence[str] = ()) -> None:
-        """``extra``: more plugin arguments (``--profile``, ``--experiment``: profiling.py only)."""
+        """``extra``: more plugin arguments (``--profile``: profiling.py only)."""
         self.impl = impl
         self.devices = devices
         self.base = tempfile.mkdtemp(prefix="sdpb-")

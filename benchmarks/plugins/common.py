@@ -58,7 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--poll", type=float, default=0.1, help="restart polling interval (grpcio and grpclib plugins)"
     )
     parser.add_argument("--profile", default="", help="sdplite plugin only: write a cProfile here")
-    parser.add_argument("--experiment", default="", help="sdplite plugin only: see experiments.py")
     return parser.parse_args(argv)
 
 

@@ -7,7 +7,6 @@ which may be called from any thread. Restart handling is sdplite's own.
 
 For ``benchmarks/profiling.py`` only: ``--profile FILE`` profiles every
 thread with cProfile on CPU time and writes the merged statistics on exit;
-``--experiment NAMES`` patches sdplite with the prototypes in experiments.py.
 """
 
 from __future__ import annotations
@@ -40,10 +39,6 @@ class BenchDevices:
 
 def main() -> None:
     args = common.parse_args()
-    if args.experiment:
-        import experiments
-
-        experiments.apply(args.experiment)
     impl = BenchDevices(common.device_ids(args.devices))
     plugin = build(args.resource, args.socket, impl, plugin_dir=args.dir)
 
