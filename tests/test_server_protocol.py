@@ -289,6 +289,42 @@ def test_calls_read_together_behind_a_hung_one_are_still_answered(served: Any) -
     client.close()
 
 
+def test_reading_moves_on_again_when_the_next_reader_hangs_too(sock_dir: str) -> None:
+    """Two calls hang one after the other, each on the thread reading at the time, and the first
+    one ends: the connection is still read, and a third call is answered."""
+    gates = {"one": threading.Event(), "two": threading.Event()}
+    entered = {"one": threading.Event(), "two": threading.Event()}
+
+    def block(request: StringValue, context: Any) -> StringValue:
+        entered[request.value].set()
+        gates[request.value].wait(30)
+        return request
+
+    path = os.path.join(sock_dir, "b.sock")
+    server = Server(path, [unary(HANG, block, StringValue), unary(ECHO, lambda r, c: r, BytesValue)])
+    server.start()
+    try:
+        with Channel(path) as channel:
+            callers = []
+            for name in ("one", "two"):
+                caller = threading.Thread(
+                    target=channel.unary, args=(HANG, StringValue(value=name), StringValue)
+                )
+                caller.start()
+                callers.append(caller)
+                assert entered[name].wait(10)
+            gates["one"].set()  # the first reader's call ends while the second one's hangs
+            callers[0].join(10)
+            for _ in range(5):
+                assert channel.unary(ECHO, BytesValue(value=b"z"), BytesValue, timeout=10).value == b"z"
+            gates["two"].set()
+            callers[1].join(10)
+    finally:
+        for gate in gates.values():
+            gate.set()
+        server.stop(0)
+
+
 @pytest.mark.parametrize("handoff_after", [0.005, None], ids=["reader-runs-calls", "workers-only"])
 def test_a_slow_handler_does_not_block_its_connection(sock_dir: str, handoff_after: Any) -> None:
     """A handler that never returns leaves the rest of its connection fully served."""

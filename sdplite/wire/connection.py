@@ -228,7 +228,8 @@ class Transport:
         reason = "connection closed by peer"
         try:
             while True:
-                timeout = self.poll_timeout()
+                with self.lock:  # calls end on other threads meanwhile
+                    timeout = self.poll_timeout()
                 if timeout is not None:
                     ready = select.select([self.sock], [], [], max(timeout, 0.0))[0]
                     if not ready:
@@ -343,7 +344,7 @@ class Transport:
     # -- hooks for the server and client (called with the lock held) ----------
 
     def poll_timeout(self) -> Optional[float]:
-        """Seconds until :meth:`on_timer` should run, or None for never."""
+        """Seconds until :meth:`on_timer` should run, or None for never (lock held)."""
         return None
 
     def on_timer(self) -> None:

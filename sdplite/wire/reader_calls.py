@@ -86,7 +86,8 @@ class CallRunningTransport(Transport):
                 self.run_call(call)
             finally:
                 with self.lock:
-                    self._running_since = None
+                    if self._reader_ident == reader:  # else the clock is the new reader's
+                        self._running_since = None
 
     # -- the watchdog's side -------------------------------------------------
 
