@@ -73,7 +73,9 @@ class _ServerConnection(_Connection):
             return super()._receive_headers_frame(frame)
         values = self.local_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS]
         limit = values[0]
-        if self.open_inbound_streams < limit:
+        # Counting open streams walks them all (h2 counts again itself): skip
+        # it while there are fewer streams of any kind than the limit.
+        if len(self.streams) < limit or self.open_inbound_streams < limit:
             return super()._receive_headers_frame(frame)
         # Over the limit: let h2 take the stream in (so HPACK state and stream
         # IDs stay in step with the peer), then refuse just that stream.

@@ -39,7 +39,7 @@ Message = Any
 class ServerContext:
     """One call as its handler sees it: method, metadata, deadline, cancellation."""
 
-    __slots__ = ("method", "metadata", "deadline", "_cancelled", "_done", "_callbacks", "_lock")
+    __slots__ = ("method", "metadata", "deadline", "_cancelled", "_event", "_done", "_callbacks", "_lock")
 
     def __init__(self, method: str, metadata: list[tuple[bytes, bytes]], deadline: Optional[float]):
         self.method = method
@@ -47,7 +47,8 @@ class ServerContext:
         self.metadata = metadata
         #: ``time.monotonic()`` value past which the caller has given up, or None.
         self.deadline = deadline
-        self._cancelled = threading.Event()
+        self._cancelled = False
+        self._event: Optional[threading.Event] = None  # made only for wait_cancelled()
         self._done = False
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -60,15 +61,21 @@ class ServerContext:
 
     def cancelled(self) -> bool:
         """True once the caller cancelled, the deadline passed or the connection dropped."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def is_active(self) -> bool:
         """True until the call is cancelled or finished."""
-        return not self._cancelled.is_set() and not self._done
+        return not self._cancelled and not self._done
 
     def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
         """Block until the call is cancelled (True) or ``timeout`` passes (False)."""
-        return self._cancelled.wait(timeout)
+        with self._lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._cancelled:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
 
     def add_done_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once when the call ends, however it ends."""
@@ -81,7 +88,11 @@ class ServerContext:
     # -- used by the server --------------------------------------------------
 
     def _cancel(self) -> None:
-        self._cancelled.set()
+        with self._lock:
+            self._cancelled = True
+            event = self._event
+        if event is not None:
+            event.set()
 
     def _finish(self) -> None:
         with self._lock:
