@@ -15,7 +15,6 @@ clock for all processes on the machine) before anything is parsed.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 import time
 from concurrent import futures
@@ -25,8 +24,9 @@ from typing import Any, Callable, Optional
 import grpc
 
 from sdplite.api import deviceplugin_pb2 as pb
+from sdplite.api import paths
+from sdplite.testing.emulator import cleanup_plugin_directory
 
-CHECKPOINT = "kubelet_internal_checkpoint"
 REGISTER_SERVICE = "v1beta1.Registration"
 LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
 ALLOCATE = "/v1beta1.DevicePlugin/Allocate"
@@ -78,7 +78,7 @@ class Kubelet:
         self._readers: list[threading.Thread] = []
         os.makedirs(directory, mode=0o750, exist_ok=True)
         # The kubelet's own file: a plugin that wipes the directory must leave it.
-        with open(os.path.join(directory, CHECKPOINT), "a"):
+        with open(os.path.join(directory, paths.CHECKPOINT_FILE), "a"):
             pass
         self.start()
 
@@ -186,11 +186,8 @@ class Kubelet:
         self._readers.clear()
 
     def cleanup_directory(self) -> None:
-        """The kubelet's CleanupPluginDirectory: every socket goes except the checkpoint."""
-        for name in os.listdir(self.directory):
-            path = os.path.join(self.directory, name)
-            if name != CHECKPOINT and stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
+        """The kubelet's CleanupPluginDirectory: every socket goes but the checkpoint."""
+        cleanup_plugin_directory(self.directory)
 
     def restart(self) -> float:
         """Stop, wipe the sockets, serve a fresh kubelet.sock; returns the time of the wipe."""

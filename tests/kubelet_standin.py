@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import threading
 import time
 from concurrent import futures
@@ -22,8 +21,7 @@ from typing import Any, Callable, Optional
 import grpc
 
 from sdplite.api import deviceplugin_pb2 as pb
-
-CHECKPOINT = "kubelet_internal_checkpoint"
+from sdplite.testing.emulator import cleanup_plugin_directory
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -244,11 +242,8 @@ class GrpcioKubelet:
         self._readers.clear()
 
     def cleanup_directory(self) -> None:
-        """CleanupPluginDirectory: remove every socket except the checkpoint."""
-        for name in os.listdir(self.directory):
-            path = os.path.join(self.directory, name)
-            if name != CHECKPOINT and stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
+        """The kubelet's CleanupPluginDirectory: every socket goes but the checkpoint."""
+        cleanup_plugin_directory(self.directory)
 
     def restart(self, down_for: float = 0.0) -> None:
         """A kubelet restart: stop, wipe the plugin sockets, serve a fresh kubelet.sock."""

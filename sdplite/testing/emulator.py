@@ -25,7 +25,7 @@ from ..api import pluginregistration_pb2 as reg
 from ..naming import InvalidNameError, validate_resource_name
 from ..wire import Channel, GrpcError, Server, StatusCode, StreamingCall, unary
 
-__all__ = ["KubeletEmulator", "Resource", "Admission"]
+__all__ = ["KubeletEmulator", "Resource", "Admission", "cleanup_plugin_directory"]
 
 log = logging.getLogger("sdplite.testing")
 
@@ -70,6 +70,21 @@ class Admission:
     device_ids: list[str]
     preferred: Optional[list[str]]
     response: Any  # ContainerAllocateResponse
+
+
+def cleanup_plugin_directory(directory: str) -> list[str]:
+    """Remove every socket in ``directory`` but the checkpoint; return their names, sorted.
+
+    What a restarting kubelet does to the device-plugin directory
+    (CleanupPluginDirectory); shared by the emulator and the grpcio stand-ins.
+    """
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name != paths.CHECKPOINT_FILE and stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+            removed.append(name)
+    return removed
 
 
 class KubeletEmulator:
@@ -143,13 +158,7 @@ class KubeletEmulator:
 
     def cleanup_directory(self) -> list[str]:
         """Remove every socket in the directory except the checkpoint; return their names."""
-        removed = []
-        for name in sorted(os.listdir(self.directory)):
-            path = os.path.join(self.directory, name)
-            if name != paths.CHECKPOINT_FILE and stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
-                removed.append(name)
-        return removed
+        return cleanup_plugin_directory(self.directory)
 
     def restart(self) -> None:
         """A kubelet restart: connections closed, plugin sockets deleted, new kubelet.sock."""
