@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 #: Device IDs are 40 characters ("dev-" and 36 digits), as the issue asks.
 ID_WIDTH = 36
@@ -46,6 +46,20 @@ def check_allocatable(healthy: dict[str, bool], ids: list[str]) -> str:
     """The one check every plugin makes: '' if all IDs are known and healthy, else why not."""
     bad = [i for i in ids if not healthy.get(i, False)]
     return f"unknown or unhealthy devices {bad}" if bad else ""
+
+
+def protobuf_devices(pb: ModuleType, ids: list[str]) -> list[Any]:
+    """The grpcio and grpclib plugins' device list: healthy ``Device`` messages on NUMA node 0."""
+    return [pb.Device(ID=i, health=HEALTHY, topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=0)])) for i in ids]
+
+
+def add_container_allocation(pb: ModuleType, response: Any, ids: list[str]) -> None:
+    """The grpcio and grpclib plugins' answer for one container, added to an AllocateResponse."""
+    paths = [DEVICE_DIR + i for i in ids]
+    response.container_responses.add(
+        envs={ENV_NAME: ",".join(ids)},
+        devices=[pb.DeviceSpec(container_path=p, host_path=p, permissions="rw") for p in paths],
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

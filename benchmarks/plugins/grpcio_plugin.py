@@ -37,10 +37,7 @@ class GrpcioPlugin:
         self.kubelet_socket = os.path.join(args.dir, "kubelet.sock")
         ids = common.device_ids(args.devices)
         self.healthy = dict.fromkeys(ids, True)
-        self.devices = [
-            pb.Device(ID=i, health=common.HEALTHY, topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=0)]))
-            for i in ids
-        ]
+        self.devices = common.protobuf_devices(pb, ids)
         self.options = pb.DevicePluginOptions()
         self.lock = threading.Lock()
         self.watchers: list[queue.Queue[Optional[bool]]] = []
@@ -74,11 +71,7 @@ class GrpcioPlugin:
             problem = common.check_allocatable(self.healthy, ids)
             if problem:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            paths = [common.DEVICE_DIR + i for i in ids]
-            response.container_responses.add(
-                envs={common.ENV_NAME: ",".join(ids)},
-                devices=[pb.DeviceSpec(container_path=p, host_path=p, permissions="rw") for p in paths],
-            )
+            common.add_container_allocation(pb, response, ids)
         return response
 
     def pre_start(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -34,10 +34,7 @@ class GrpclibPlugin:
         self.kubelet_socket = os.path.join(args.dir, "kubelet.sock")
         ids = common.device_ids(args.devices)
         self.healthy = dict.fromkeys(ids, True)
-        self.devices = [
-            pb.Device(ID=i, health=common.HEALTHY, topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=0)]))
-            for i in ids
-        ]
+        self.devices = common.protobuf_devices(pb, ids)
         self.options = pb.DevicePluginOptions()
         self.watchers: set[asyncio.Queue[bool]] = set()
         self.server: Optional[Server] = None
@@ -87,11 +84,7 @@ class GrpclibPlugin:
             problem = common.check_allocatable(self.healthy, ids)
             if problem:
                 raise GRPCError(Status.INVALID_ARGUMENT, problem)
-            paths = [common.DEVICE_DIR + i for i in ids]
-            response.container_responses.add(
-                envs={common.ENV_NAME: ",".join(ids)},
-                devices=[pb.DeviceSpec(container_path=p, host_path=p, permissions="rw") for p in paths],
-            )
+            common.add_container_allocation(pb, response, ids)
         await stream.send_message(response)
 
     async def pre_start(self, stream: Stream[Any, Any]) -> None:
