@@ -23,7 +23,7 @@ from .connection import H2Stream, StreamGone
 from .framing import MessageDecoder, encode_message
 from .handlers import CANCELLED, Method, ResponseStream, ServerContext, _End, status_of
 from .header_checks import MalformedHeaders, check_trailers, parse_request
-from .hpack_shortcuts import OK_RESPONSE_HEADERS, OK_TRAILERS
+from .hpack_shortcuts import OK_RESPONSE_HEADERS, OK_TRAILERS  # constant HPACK blocks
 from .reader_calls import CallRunningTransport
 from .status import GrpcError, StatusCode, encode_grpc_message, parse_grpc_timeout
 
@@ -33,10 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["ServerConnection"]
 
 log = logging.getLogger("sdplite.wire")
-
-# Their HPACK blocks are constants (hpack_shortcuts.py, 1).
-_RESPONSE_HEADERS = OK_RESPONSE_HEADERS
-_OK_TRAILERS = OK_TRAILERS
 
 
 def _status_headers(code: StatusCode, message: str) -> list[tuple[bytes, bytes]]:
@@ -250,7 +246,7 @@ class ServerConnection(CallRunningTransport):
             if call.headers_sent:
                 self.h2.send_headers(call.stream_id, status, end_stream=True)
             else:
-                headers = [(b":status", str(http).encode("ascii")), _RESPONSE_HEADERS[1]]
+                headers = [(b":status", str(http).encode("ascii")), OK_RESPONSE_HEADERS[1]]
                 self.h2.send_headers(call.stream_id, headers + status, end_stream=True)
                 call.headers_sent = True
             if not call.half_closed:
@@ -314,7 +310,7 @@ class ServerConnection(CallRunningTransport):
                 self._run_streaming(call, method, request)
             else:
                 response = method.handler(request, context)
-                self.write(call, _RESPONSE_HEADERS, _payload(response), _OK_TRAILERS)
+                self.write(call, OK_RESPONSE_HEADERS, _payload(response), OK_TRAILERS)
                 with self.lock:
                     self._cancel(call, finished=True)
         except StreamGone:
@@ -345,7 +341,7 @@ class ServerConnection(CallRunningTransport):
                 return
             if isinstance(item, _End):
                 if item.code == StatusCode.OK and call.headers_sent:
-                    self.write(call, trailers=_OK_TRAILERS)
+                    self.write(call, trailers=OK_TRAILERS)
                     with self.lock:
                         self._cancel(call, finished=True)
                 else:
@@ -356,7 +352,7 @@ class ServerConnection(CallRunningTransport):
             self._send_message(call, item)
 
     def _send_message(self, call: ServerCall, item: Any) -> None:
-        headers = None if call.headers_sent else _RESPONSE_HEADERS
+        headers = None if call.headers_sent else OK_RESPONSE_HEADERS
         self.write(call, headers, _payload(item))
 
 
