@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import difflib
 import enum
 import importlib
@@ -251,7 +252,10 @@ def _own_init(cls: type) -> Optional[Callable[..., Any]]:
     """The ``__init__`` an sdplite class defines (or a dataclass generates), not typing's stand-ins."""
     for owner in _sdplite_classes(cls):
         init = owner.__dict__.get("__init__")
-        if inspect.isfunction(init) and init.__qualname__ == f"{owner.__qualname__}.__init__":
+        if not inspect.isfunction(init):
+            continue
+        # Python < 3.10 names a dataclass's generated __init__ `__create_fn__.<locals>.__init__`.
+        if init.__qualname__ == f"{owner.__qualname__}.__init__" or dataclasses.is_dataclass(owner):
             return init
     return None
 

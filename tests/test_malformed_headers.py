@@ -131,7 +131,7 @@ def response(client: RawClient, sid: int) -> dict[str, str]:
         if getattr(event, "stream_id", None) != sid:
             return False
         if isinstance(event, h2.events.StreamReset):
-            found["reset"] = str(event.error_code)
+            found["reset"] = str(int(event.error_code))
             return True
         if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
             found.update(dict(event.headers))
