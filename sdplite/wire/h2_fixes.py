@@ -53,9 +53,21 @@ class _StrictFrameBuffer(h2.frame_buffer.FrameBuffer):
                 raise h2.exceptions.FrameTooLargeError(
                     f"Received overlong frame: length {length}, max {self.max_frame_size}"
                 )
-            if data[3] == _WINDOW_UPDATE and length == 4 and len(data) >= 13:
-                data[9] &= 0x7F  # the reserved bit is to be ignored
+            if data[3] == _WINDOW_UPDATE and length == 4 and len(data) >= 13 and data[9] & 0x80:
+                self._clear_reserved_bit(data)
         return super().__next__()
+
+    def _clear_reserved_bit(self, data: Any) -> None:
+        """The reserved bit of a WINDOW_UPDATE increment is to be ignored (fix 2)."""
+        if isinstance(data, bytearray):
+            data[9] &= 0x7F
+        else:  # h2 4.1 keeps immutable bytes
+            self.data = data[:9] + bytes((data[9] & 0x7F,)) + data[10:]
+
+
+if not hasattr(h2.frame_buffer.FrameBuffer(), "_data"):
+    # h2 4.1 names its buffer `data` (bytes); 4.2 and later `_data` (a bytearray).
+    _StrictFrameBuffer._data = property(lambda self: self.data)  # type: ignore[assignment]
 
 
 class _Connection(h2.connection.H2Connection):
