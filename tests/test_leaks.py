@@ -7,14 +7,17 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Callable
+from typing import Any, Callable
 
+import h2.config
+import h2.connection
 from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
-from sdplite.wire import Channel, GrpcError, Server, StatusCode
+from sdplite.wire import Channel, GrpcError, Server, StatusCode, unary
 
 from conftest import fd_count, thread_count, wait_until
 from echo_service import ECHO, HANG, WATCH, Hub, serve_sdplite
+from raw_h2 import grpc_frame, request_headers
 
 HERE = os.path.dirname(__file__)
 
@@ -126,4 +129,48 @@ def test_a_reader_stuck_in_a_call_hands_reading_over_and_every_thread_ends(
         running()
     finally:
         server.stop(0)
+    baseline()
+
+
+def test_calls_queued_on_a_connection_that_ends_are_dropped_and_the_watchdog_ends(
+    sock_dir: str, baseline: Callable[[], None]
+) -> None:
+    """Issue 12: a connection that ends while a call waits in its reader's queue.
+
+    One write carries the preface, a whole unary call and a GOAWAY, so the
+    reader reads them as one batch: it queues the call for itself (which arms
+    a watchdog on a worker), then meets the GOAWAY and leaves before running
+    it. The call's stream is dead with its connection: it must be dropped,
+    not run, and the watchdog must end rather than wake every 5 ms for ever
+    (which made ``stop()`` wait for it).
+    """
+    path = os.path.join(sock_dir, "s.sock")
+    ran: list[bytes] = []
+
+    def echo(request: BytesValue, context: Any) -> BytesValue:
+        ran.append(request.value)
+        return request
+
+    server = Server(path, [unary(ECHO, echo, BytesValue)], worker_idle_timeout=0.05)
+    server.start()
+    try:
+        peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        peer.initiate_connection()
+        peer.send_headers(1, request_headers(ECHO))
+        peer.send_data(1, grpc_frame(BytesValue(value=b"late").SerializeToString()), end_stream=True)
+        peer.close_connection()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(peer.data_to_send())
+            while sock.recv(65536):  # until the server closes its side
+                pass
+        wait_until(lambda: server.connection_count == 0, what="the connection to close")
+        wait_until(lambda: server.pool.size == 0, what="the watchdog and workers to end")
+        assert ran == [], "a call of a connection that had ended was run"
+    finally:
+        stopper = threading.Thread(target=server.stop, args=(1.0,))
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive(), "stop() did not return"
     baseline()

@@ -11,6 +11,11 @@ the reading role, hands the calls still waiting to workers and reads on. The
 thread running the slow call finds it is no longer the reader when the call
 returns, and leaves. With no calls to run the watchdog stands down at its
 next look, so an idle connection costs nothing.
+
+A connection may end while calls wait in ``_ready`` (the batch that queued
+them also held a GOAWAY, or the peer vanished): their streams are dead, so
+whoever looks next, reader or watchdog, drops them, and the watchdog stands
+down with its connection rather than waking every ``handoff_after`` forever.
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ class CallRunningTransport(Transport):
             with self.lock:
                 if self._reader_ident != reader:
                     return False
+                if self.closed:
+                    self._ready.clear()  # their streams died with the connection
                 if not self._ready:
                     return True
                 call = self._ready.pop(0)
@@ -103,11 +110,15 @@ class CallRunningTransport(Transport):
                     self._reader_ident = threading.get_ident()  # the role moves here, at once
                     self._running_since = None
                     self._watchdog = False
-                    waiting, self._ready = self._ready, []
+                    waiting = [] if self.closed else self._ready  # dead calls are dropped
+                    self._ready = []
                     break
-                if since is None and not self._ready and (self._runs == seen or self.closed):
-                    # Nothing running, nothing waiting, nothing begun since the last
-                    # look: stand down. (A call queued after this arms a new watchdog.)
+                if since is None and (self.closed or (not self._ready and self._runs == seen)):
+                    # Nothing running, and either the connection is gone (the calls
+                    # still waiting died with it: drop them) or nothing is waiting
+                    # and nothing began since the last look: stand down. (A call
+                    # queued after this arms a new watchdog.)
+                    self._ready.clear()
                     self._watchdog = False
                     return
                 seen = self._runs
