@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from .devices import Device, DeviceListError, normalize_devices
+from .logtext import cut
 
 __all__ = ["Watch", "DevicePluginImpl", "SimpleImpl"]
 
@@ -95,9 +96,9 @@ class SimpleImpl:
         try:
             return normalize_devices(self.get_devices())
         except DeviceListError as exc:
-            log.error("get_devices returned a bad list, keeping the last good one: %s", exc)
+            log.error("get_devices returned a bad list, keeping the last good one: %s", cut(exc))
         except Exception as exc:
-            log.error("get_devices raised %s: %s; keeping the last good list", type(exc).__name__, exc)
+            log.error("get_devices raised %s: %s; keeping the last good list", type(exc).__name__, cut(exc))
         return None
 
     def list_and_watch(self, watch: Watch) -> None:

@@ -23,9 +23,11 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .impl import SimpleImpl, Watch, has_hook
+from .logtext import cut, cut_traceback
 from .registration import RegisterAttempt, RegisterOutcome, plugin_watcher_methods
 from .service import device_plugin_methods, plugin_options
 from .wire import Server, ServerContext
+from .wire.shutdown import Shutdown
 
 if TYPE_CHECKING:
     from .plugin import DevicePlugin
@@ -41,6 +43,9 @@ FIRST_LIST_WAIT = 2.0
 #: After the kubelet ends our stream, how long to wait for signs of a kubelet
 #: restart (sockets wiped, kubelet.sock re-created) before restarting anyway.
 STREAM_LOSS_GRACE = 1.0
+#: How long a stop (or the stop half of a restart) waits for calls, streams
+#: and user code before it abandons what is left (see wire/shutdown.py).
+STOP_GRACE = 1.0
 
 
 class PluginError(RuntimeError):
@@ -115,6 +120,8 @@ class Controller:
         self._attempt_thread: Optional[threading.Thread] = None
         self._attempt_generation = 0
         self._attempt_kubelet_id: Optional[tuple[int, int, int]] = None
+        self._interrupted = False  # the process is stopping (set from any thread)
+        self._first_list: Optional[threading.Event] = None  # what _wait_first_list waits on
 
     # -- requests from other threads -------------------------------------------
 
@@ -132,16 +139,25 @@ class Controller:
         self._scan_requested = True
         self._wake()
 
+    def interrupt(self) -> None:
+        """The process is stopping: cut short any wait of the supervisor thread (any thread)."""
+        self._interrupted = True
+        waiting = self._first_list
+        if waiting is not None:
+            waiting.set()
+
     # -- the supervisor's step ---------------------------------------------------
 
     def step(self, now: float) -> float:
         """Do whatever is due; return when to be called again (monotonic time)."""
-        if self.fatal:
+        if self.fatal or self._interrupted:
             return float("inf")
         reason, recheck_at = self._restart_due(now)
         if reason is not None and self.server is not None:
             log.info("%s: restarting: %s", self.plugin.resource_name, reason)
-            self._stop_server()
+            shutdown = Shutdown(STOP_GRACE)
+            self._stop_server(shutdown)
+            shutdown.report(log, f"{self.plugin.resource_name}: restart")
         if self.server is None:
             if not self._start_server():
                 return now + 0.5
@@ -227,15 +243,16 @@ class Controller:
         self._backoff = BACKOFF_FIRST
         return True
 
-    def _stop_server(self) -> None:
+    def _stop_server(self, shutdown: Shutdown) -> None:
         self.registered.clear()
         self._stream_lost_at = None
+        self._watch_stop.set()  # list_and_watch winds down while the server stops
         self._abandon_registration()
         self.plugin.state.end_streams()
         server, self.server = self.server, None
         if server is not None:
-            server.stop(grace=1.0)
-        self._stop_watch()
+            server.stop(shutdown=shutdown)
+        self._stop_watch(shutdown)
         self._call_hook("destroy")
 
     def _stream_ended(self, context: ServerContext, generation: int) -> None:
@@ -301,7 +318,7 @@ class Controller:
             # Register with the real list, not an empty one, if it comes quickly.
             scanning = self._scan()
             if scanning is not None:
-                scanning.wait(FIRST_LIST_WAIT)
+                self._wait_first_list(scanning)
             self._next_scan = time.monotonic() + impl.interval
             return
         self._watch_stop = threading.Event()
@@ -313,8 +330,15 @@ class Controller:
             name=f"sdplite-list-and-watch-{self.plugin.socket_name}",
         )
         self._watch_thread.start()
-        # Register with the real list, not an empty one, if it comes quickly.
-        watch.sent.wait(FIRST_LIST_WAIT)
+        self._wait_first_list(watch.sent)
+
+    def _wait_first_list(self, ready: threading.Event) -> None:
+        """Register with the real list, not an empty one, if it comes quickly;
+        a stop cuts the wait short (see :meth:`interrupt`)."""
+        self._first_list = ready
+        if not self._interrupted:
+            ready.wait(FIRST_LIST_WAIT)
+        self._first_list = None
 
     def _run_watch(self, impl: Any, watch: Watch) -> None:
         pause = 1.0
@@ -322,27 +346,21 @@ class Controller:
             try:
                 impl.list_and_watch(watch)
                 return  # returning is fine: the last list stays
-            except Exception:
-                log.exception(
-                    "%s: list_and_watch raised; the last good list stays, calling it again in %.0fs",
+            except Exception as exc:
+                log.error(
+                    "%s: list_and_watch raised; the last good list stays, calling it again in %.0fs\n%s",
                     self.plugin.resource_name,
                     pause,
+                    cut_traceback(exc),
                 )
             if watch.wait(pause):
                 return
             pause = min(pause * 2, 30.0)
 
-    def _stop_watch(self) -> None:
+    def _stop_watch(self, shutdown: Shutdown) -> None:
         self._watch_stop.set()
         thread, self._watch_thread = self._watch_thread, None
-        if thread is not None:
-            thread.join(5.0)
-            if thread.is_alive():
-                log.warning(
-                    "%s: list_and_watch did not return within 5 s of stop; "
-                    "it should return once watch.wait() is True",
-                    self.plugin.resource_name,
-                )
+        shutdown.join(thread, "list_and_watch, which should return once watch.wait() is True")
 
     # -- registering -------------------------------------------------------------
 
@@ -370,10 +388,14 @@ class Controller:
         self._attempt_thread.start()
 
     def _abandon_registration(self, wait: float = 0.0) -> None:
+        """Close the Register call in progress, if any; its thread ends soon after.
+
+        ``_attempt_thread`` stays set, for :meth:`shutdown` to wait for.
+        """
         attempt, self._attempt = self._attempt, None
-        thread, self._attempt_thread = self._attempt_thread, None
         if attempt is not None:
             attempt.close()
+        thread = self._attempt_thread
         if thread is not None and wait:
             thread.join(wait)
 
@@ -401,14 +423,14 @@ class Controller:
                 self._wake()  # the kubelet already dropped the stream it opened
             return
         if result.outcome is RegisterOutcome.FATAL:
-            self.fatal = f"the kubelet refused to register {plugin.resource_name}: {result.message}"
+            self.fatal = f"the kubelet refused to register {plugin.resource_name}: {cut(result.message)}"
             log.error("%s", self.fatal)
             return
         log.warning(
             "%s: registration failed, retrying in %.1fs: %s",
             plugin.resource_name,
             self._backoff,
-            result.message,
+            cut(result.message),
         )
         self._next_register = now + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_CAP)
@@ -421,22 +443,27 @@ class Controller:
             log.info("%s: registered with the kubelet's plugin watcher (%s)", name, self.plugin.socket_path)
         else:
             self.registered.clear()
-            log.error("%s: the kubelet's plugin watcher refused the plugin: %s", name, error)
+            log.error("%s: the kubelet's plugin watcher refused the plugin: %s", name, cut(error))
 
     def _call_hook(self, name: str) -> None:
         if has_hook(self.plugin.impl, name):
             try:
                 getattr(self.plugin.impl, name)()
-            except Exception:
-                log.exception("%s: %s() raised", self.plugin.resource_name, name)
+            except Exception as exc:
+                log.error("%s: %s() raised\n%s", self.plugin.resource_name, name, cut_traceback(exc))
 
-    def shutdown(self) -> None:
-        """Stop for good: streams ended, socket removed."""
+    def shutdown(self, shutdown: Shutdown) -> None:
+        """Stop for good by ``shutdown``'s deadline: streams ended, socket removed.
+
+        What user code or the kubelet keeps running past it is named in
+        ``shutdown`` and abandoned (daemon threads).
+        """
         self._stopping = True
+        self.interrupt()
         if self.server is not None:
-            self._stop_server()
+            self._stop_server(shutdown)
         else:
-            self._stop_watch()
-        self._abandon_registration(wait=5.0)
-        if self._scan_thread is not None:
-            self._scan_thread.join(1.0)
+            self._stop_watch(shutdown)
+        self._abandon_registration()
+        shutdown.join(self._attempt_thread, "the Register call to the kubelet")
+        shutdown.join(self._scan_thread, "get_devices")

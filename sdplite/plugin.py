@@ -12,6 +12,7 @@ from .api import paths
 from .devices import Device, DeviceListError
 from .impl import SimpleImpl
 from .lifecycle import Controller, PluginError
+from .logtext import cut
 from .naming import validate_resource_name, validate_socket_name
 from .registration import REGISTER_TIMEOUT
 from .service import DeviceState
@@ -78,7 +79,13 @@ class DevicePlugin:
         return self
 
     def stop(self) -> None:
-        """Stop a plugin started with :meth:`start`: streams end, the socket goes."""
+        """Stop a plugin started with :meth:`start`: streams end, the socket goes.
+
+        Returns within about a second whatever is going on; user code that
+        has not returned by then (an ``allocate``, ``list_and_watch`` or
+        ``get_devices`` that hangs) is left on its daemon thread and named in
+        one "still running after" WARNING line.
+        """
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.stop()
@@ -152,7 +159,9 @@ class DevicePlugin:
             self.state.publish(devices)
         except DeviceListError as exc:
             log.error(
-                "%s: list_and_watch sent a bad list, keeping the last good one: %s", self.resource_name, exc
+                "%s: list_and_watch sent a bad list, keeping the last good one: %s",
+                self.resource_name,
+                cut(exc),
             )
 
 

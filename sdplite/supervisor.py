@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .dirwatch import DirWatch
 from .health import StatusFile
-from .lifecycle import Controller, PluginError
+from .lifecycle import STOP_GRACE, Controller, PluginError
+from .logtext import cut
+from .wire.shutdown import Shutdown
 
 if TYPE_CHECKING:
     from .plugin import DevicePlugin
@@ -63,7 +65,10 @@ class Supervisor:
             pass  # already awake, or closed
 
     def stop(self) -> None:
+        """Stop (any thread, or a signal handler): :meth:`run` returns within ``STOP_GRACE``."""
         self._stop.set()
+        for controller in self.controllers:
+            controller.interrupt()
         self.wake()
 
     def restart_all(self, reason: str) -> None:
@@ -83,8 +88,10 @@ class Supervisor:
                     raise PluginError("; ".join(c.fatal or "" for c in failed))
                 self._sleep(max(0.0, wake_at - time.monotonic()))
         finally:
+            shutdown = Shutdown(STOP_GRACE)  # one deadline for every plugin
             for controller in self.controllers:
-                controller.shutdown()
+                controller.shutdown(shutdown)
+            shutdown.report(log, "stop")
             if self._status is not None:
                 self._status.remove()
             self._close()
@@ -131,8 +138,11 @@ def run(*plugins: DevicePlugin) -> None:
     """Serve these plugins until SIGTERM or SIGINT; SIGHUP restarts them all.
 
     Must be called from the main thread (signals are delivered there). Returns
-    once every plugin has stopped cleanly (streams ended, sockets removed);
-    raises :class:`PluginError` if one cannot run at all.
+    once every plugin has stopped (streams ended, sockets removed), within
+    about a second of the signal whatever is going on: user code that has
+    not returned by then is left on its daemon thread and named in one
+    "still running after" WARNING line. Raises :class:`PluginError` if a
+    plugin cannot run at all.
     """
     supervisor = Supervisor(plugins)
     previous: dict[int, Any] = {}
@@ -169,7 +179,7 @@ class BackgroundRunner:
             self.supervisor.run()
         except BaseException as exc:  # kept for stop() to re-raise
             self.error = exc
-            log.error("sdplite stopped: %s", exc)
+            log.error("sdplite stopped: %s", cut(exc, 1000))
 
     def stop(self, timeout: float = 30.0) -> None:
         self.supervisor.stop()

@@ -23,6 +23,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -100,18 +101,20 @@ class Transport:
 
     # -- writing -------------------------------------------------------------
 
-    def flush(self) -> None:
+    def flush(self, timeout: Optional[float] = None) -> None:
         """Write whatever h2 has queued, unless another thread already is.
 
         The active writer loops until h2 has nothing left, checking under the
         lock, so bytes queued by a thread that returns early are never
-        stranded.
+        stranded. With a ``timeout``, a peer that does not read within it
+        loses the connection (a stop must not wait on it for ever).
         """
         with self.lock:
             if self._writing:
                 return
             self._writing = True
         data = b""
+        end = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
                 with self.lock:
@@ -120,13 +123,29 @@ class Transport:
                         self._writing = False
                         self.cond.notify_all()
                         return
-                self.sock.sendall(data)
+                if end is None:
+                    self.sock.sendall(data)
+                else:
+                    self._send_until(data, end)
         except OSError as exc:
             with self.lock:
                 self._writing = False
                 self.cond.notify_all()
                 self._lose(f"write failed: {exc}")
             self._wake_reader()
+
+    def _send_until(self, data: bytes, end: float) -> None:
+        """``sendall`` that gives up at monotonic time ``end`` (raises OSError)."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view, socket.MSG_DONTWAIT) :]
+                continue
+            except BlockingIOError:
+                pass
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([], [self.sock], [], left)[1]:
+                raise OSError("the peer has not read what we sent in time")
 
     def write(
         self,
@@ -312,10 +331,11 @@ class Transport:
         except OSError:
             pass
 
-    def close(self, graceful: bool = True) -> None:
-        """Send GOAWAY (if graceful), then drop the connection.
+    def close(self, graceful: bool = True, timeout: float = 2.0) -> None:
+        """Send GOAWAY (if graceful, for up to ``timeout`` s), then drop the connection.
 
         The reader thread notices, cancels what is left and closes the socket.
+        A peer that does not read cannot hold this up beyond ``timeout``.
         """
         with self.lock:
             if graceful and not self.closed:
@@ -326,10 +346,11 @@ class Transport:
         if graceful:
             # Another thread may be mid-write (say, a stream's trailers): let
             # it finish before the socket is shut, then send what is left.
-            self.flush()
+            end = time.monotonic() + timeout
+            self.flush(timeout)
             with self.lock:
-                self.cond.wait_for(lambda: not self._writing, timeout=2.0)
-            self.flush()
+                self.cond.wait_for(lambda: not self._writing, max(0.0, end - time.monotonic()))
+            self.flush(max(0.0, end - time.monotonic()))
         with self.lock:
             self._lose("connection closed locally")
         self._wake_reader()

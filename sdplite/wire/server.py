@@ -18,9 +18,11 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from ..logtext import Repeats, cut
 from .framing import DEFAULT_MAX_MESSAGE
 from .handlers import Method
 from .server_connection import ServerConnection
+from .shutdown import Shutdown
 from .status import StatusCode
 from .workers import WorkerPool
 
@@ -31,6 +33,9 @@ log = logging.getLogger("sdplite.wire")
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_UNIX_PATH = 107
 
+#: Of a stop's grace, the seconds kept to send GOAWAY and close (at most half).
+_CLOSING_TIME = 0.2
+
 #: struct ucred: pid, uid, gid.
 _PEERCRED = struct.Struct("3i")
 
@@ -38,10 +43,10 @@ _PEERCRED = struct.Struct("3i")
 class Server:
     """Serves registered methods on one Unix socket path.
 
-    ``stop(grace)`` is graceful: no new connections or calls, streams are
-    ended with UNAVAILABLE, unary calls get ``grace`` seconds to finish, then
-    connections get GOAWAY and close and the socket file is removed.
-    ``stop(0)`` does the same without waiting.
+    ``stop(grace)`` is graceful and bounded: no new connections or calls,
+    streams are ended with UNAVAILABLE, unary calls get ``grace`` seconds to
+    finish, then connections get GOAWAY and close and the socket file is
+    removed, all within ``grace``. ``stop(0)`` does the same without waiting.
     """
 
     def __init__(
@@ -95,6 +100,8 @@ class Server:
         self._inode: Optional[tuple[int, int, int]] = None
         self._count = 0
         self._idle = threading.Condition(self._lock)
+        #: Refusals and accept failures come in storms: one line, then a count.
+        self._repeats = Repeats(log)
 
     def add_method(self, method: Method[Any]) -> None:
         """Serve one more method (before :meth:`start`)."""
@@ -152,7 +159,7 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("%s: accept failed: %s", self.path, exc)
+                self._accept_failed(exc)
                 return
             sock.setblocking(True)
             self._admit(sock)
@@ -185,9 +192,10 @@ class Server:
         while True:
             try:
                 sock, _ = listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self.stopping or listener.fileno() < 0:
                     return
+                self._accept_failed(exc)
                 time.sleep(0.05)  # EMFILE and friends: back off rather than spin
                 continue
             if not self._admit(sock):
@@ -197,7 +205,15 @@ class Server:
         """Start serving an accepted connection; False once the server is stopping."""
         refusal = self._refusal(sock)
         if refusal:
-            log.warning("%s: refused a connection: %s", self.path, refusal)
+            kind, summary, why = refusal
+            self._repeats.note(
+                kind,
+                f"{self.path}: refused {{count}} connections {summary}",
+                logging.WARNING,
+                "%s: refused a connection: %s (more like it are counted, not logged)",
+                self.path,
+                why,
+            )
             sock.close()
             return True
         with self._lock:
@@ -214,29 +230,51 @@ class Server:
             conn.close(graceful=False)
         return True
 
-    def _refusal(self, sock: socket.socket) -> str:
-        """Why a new connection must be closed at once, or ''."""
+    def _refusal(self, sock: socket.socket) -> Optional[tuple[str, str, str]]:
+        """Why a new connection must be closed at once (kind, summary, the whole reason), or None."""
         if self.allowed_uids is not None:
             try:
                 creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
                 pid, uid, _gid = _PEERCRED.unpack(creds)
             except OSError as exc:
-                return f"cannot read the peer's credentials: {exc}"
+                why = f"cannot read the peer's credentials: {exc}"
+                return "credentials", "whose credentials could not be read", why
             if uid not in self.allowed_uids:
-                return (
-                    f"peer pid {pid} runs as uid {uid}, not one of allowed_uids {sorted(self.allowed_uids)}"
-                )
+                allowed = cut(sorted(self.allowed_uids))
+                why = f"peer pid {pid} runs as uid {uid}, not one of allowed_uids {allowed}"
+                return "uid", "from uids not in allowed_uids", why
         if self.connection_count >= self.max_connections:
-            return f"already {self.max_connections} connections (max_connections)"
-        return ""
+            why = f"already {self.max_connections} connections (max_connections)"
+            return "max_connections", f"over max_connections ({self.max_connections})", why
+        return None
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self._repeats.note(
+            f"accept:{exc.errno}",
+            f"{self.path}: accept failed {{count}} times ({exc})",
+            logging.WARNING,
+            "%s: accept failed: %s",
+            self.path,
+            exc,
+        )
 
     def _connection_closed(self, conn: ServerConnection) -> None:
         with self._lock:
             self._connections.discard(conn)
             self._idle.notify_all()
+        self._repeats.flush(due_only=True)  # a storm that has passed is summed up now
 
-    def stop(self, grace: Optional[float] = 5.0) -> None:
-        """Stop serving; see the class docstring. Safe to call more than once."""
+    def stop(self, grace: Optional[float] = 1.0, shutdown: Optional[Shutdown] = None) -> None:
+        """Stop serving within ``grace`` seconds; see the class docstring. Safe to call more than once.
+
+        Whatever has not ended by then (a handler that never returns) is
+        abandoned on its daemon thread and named in one WARNING line. Pass a
+        :class:`.shutdown.Shutdown` to share its deadline with other steps of
+        a larger stop; the caller then reports what is left.
+        """
+        own = shutdown is None
+        if shutdown is None:
+            shutdown = Shutdown(grace or 0.0)
         with self._lock:
             first = not self.stopping
             self.stopping = True
@@ -250,16 +288,23 @@ class Server:
                 for call in list(conn.calls.values()):
                     if call.stream is not None and not call.stream.ended:
                         call.stream.end(StatusCode.UNAVAILABLE, "server is shutting down")
-        deadline = time.monotonic() + (grace or 0.0)
+        # Calls get the grace less a moment to say GOAWAY and close.
+        reserve = min(_CLOSING_TIME, shutdown.grace / 2)
         for conn in connections:
-            conn.wait_idle(max(0.0, deadline - time.monotonic()))
+            conn.wait_idle(shutdown.remaining(reserve))
         for conn in connections:
-            conn.close(graceful=True)
+            conn.close(graceful=True, timeout=shutdown.remaining())
         for conn in connections:
-            conn.join(5.0)
-        if self._accept_thread is not None and self._accept_thread is not threading.current_thread():
-            self._accept_thread.join(5.0)
-        self.pool.close(timeout=5.0)
+            conn.join(shutdown.remaining())
+        if self._accept_thread is not threading.current_thread():
+            shutdown.join(self._accept_thread, "the accept loop")
+        self.pool.close(timeout=shutdown.remaining())
+        for conn in connections:
+            for method in conn.running_handlers():
+                shutdown.abandon(f"the handler of {method} on connection {conn.name}")
+        self._repeats.flush()
+        if own:
+            shutdown.report(log, self.path)
 
     def _close_listener(self, listener: socket.socket) -> None:
         # Remove the file only if it is still ours: a new server may own the path.

@@ -19,6 +19,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from ..logtext import Repeats, cut, cut_traceback
 from .connection import H2Stream, StreamGone
 from .framing import MessageDecoder, encode_message
 from .handlers import CANCELLED, Method, ResponseStream, ServerContext, _End, status_of
@@ -74,6 +75,8 @@ class ServerConnection(CallRunningTransport):
         self.server = server
         self.calls: dict[int, ServerCall] = {}
         self._deadlines = 0  # calls with a deadline, to skip the scan when none
+        self._running: set[ServerCall] = set()  # calls whose handler runs now (set ops are atomic)
+        self._malformed: Optional[Repeats] = None  # made at the first malformed request
 
     def start(self) -> None:
         """Send our SETTINGS at once (grpc-go waits for them), then read."""
@@ -106,6 +109,10 @@ class ServerConnection(CallRunningTransport):
             with self.lock:
                 self._finish(call, StatusCode.UNAVAILABLE, "server is busy: too many calls in progress")
             self.flush()
+
+    def running_handlers(self) -> list[str]:
+        """The methods whose handlers are running now (for a stop to name what it abandons)."""
+        return [call.context.method for call in list(self._running) if call.context is not None]
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in progress (or the connection is gone)."""
@@ -179,7 +186,17 @@ class ServerConnection(CallRunningTransport):
 
     def _refuse_malformed(self, sid: int, problem: str) -> None:
         """A malformed request: RST_STREAM(PROTOCOL_ERROR) on that stream alone (RFC 9113 8.1.1)."""
-        log.debug("%s: stream %d: malformed request: %s", self.name, sid, problem)
+        if self._malformed is None:
+            self._malformed = Repeats(log)
+        self._malformed.note(
+            "malformed",
+            f"{self.name}: {{count}} malformed requests",
+            logging.DEBUG,
+            "%s: stream %d: malformed request: %s",
+            self.name,
+            sid,
+            cut(problem),
+        )
         try:
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
         except h2.exceptions.ProtocolError:  # already closed
@@ -293,6 +310,8 @@ class ServerConnection(CallRunningTransport):
             self._cancel(call)
 
     def on_closed(self) -> None:
+        if self._malformed is not None:
+            self._malformed.flush()
         self.server._connection_closed(self)
 
     # -- workers -------------------------------------------------------------
@@ -301,6 +320,7 @@ class ServerConnection(CallRunningTransport):
         context = call.context
         method = call.method
         assert context is not None and method is not None
+        self._running.add(call)
         try:
             try:
                 request = method.decode(call.messages[0])
@@ -318,11 +338,12 @@ class ServerConnection(CallRunningTransport):
         except BaseException as exc:
             code, message = status_of(exc)
             if not isinstance(exc, GrpcError):
-                log.error("handler for %s raised %s", context.method, message, exc_info=exc)
+                log.error("handler for %s raised %s\n%s", context.method, cut(message), cut_traceback(exc))
             with self.lock:
                 self._finish(call, code, message)
             self.flush()
         finally:
+            self._running.discard(call)
             context._finish()
 
     def _run_streaming(self, call: ServerCall, method: Method[Any], request: Any) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Callable, Optional
 
 __all__ = ["WorkerPool"]
@@ -94,8 +95,13 @@ class WorkerPool:
             with self._lock:
                 self._threads.discard(me)
 
-    def close(self, timeout: Optional[float] = None) -> None:
-        """Refuse new tasks, stop idle workers and wait for busy ones."""
+    def close(self, timeout: Optional[float] = None) -> list[threading.Thread]:
+        """Refuse new tasks, stop idle workers and wait for busy ones.
+
+        ``timeout`` bounds the whole wait, not each worker's; returns the
+        workers still busy after it (daemon threads: they do not hold the
+        process up).
+        """
         with self._lock:
             self._closed = True
             threads = list(self._threads)
@@ -103,6 +109,8 @@ class WorkerPool:
                 self._tasks.put(None)
             self._idle = 0
         me = threading.current_thread()
+        end = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
             if thread is not me:
-                thread.join(timeout)
+                thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        return [thread for thread in threads if thread is not me and thread.is_alive()]
