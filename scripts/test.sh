@@ -2,7 +2,9 @@
 # The test command: installs what the interop peers need (Debian packages, the
 # grpc-go peer, npm packages), makes .venv if needed, installs sdplite with its
 # test dependencies, checks the generated code, lints, type-checks, and runs
-# the suite on the newest protobuf and again on the oldest we support (4.25).
+# the suite on Python 3.11 with the newest protobuf and h2 and again with the
+# oldest we support (protobuf 4.25, h2 4.1), then on Python 3.9 and 3.13 with
+# the versions pip resolves there, and runs `sdplite demo` on Python 3.12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Interop peers (tests/test_interop_go.py, tests/test_interop_js.py): grpc-go
@@ -31,17 +33,59 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e '.[test,dev]'
 # The benchmark harness's peers (grpcio, grpclib): tests/test_benchmarks_smoke.py runs it.
 .venv/bin/python -m pip install -q -r benchmarks/requirements.txt
-.venv/bin/python -m pip install -q --upgrade 'protobuf>=7,<8'
+.venv/bin/python -m pip install -q --upgrade 'protobuf>=7,<8' 'h2>=4.1,<5'
 
 .venv/bin/python proto/generate.py --check
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 
-echo "== tests, protobuf $(.venv/bin/python -c 'import google.protobuf as p; print(p.__version__)')"
+versions() {
+    "$1" -c 'import sys, h2, google.protobuf as p
+print("Python %d.%d.%d, protobuf %s, h2 %s" % (sys.version_info[:3] + (p.__version__, h2.__version__)))'
+}
+
+echo "== tests, $(versions .venv/bin/python)"
 .venv/bin/python -m pytest -q "$@"
 
-.venv/bin/python -m pip install -q 'protobuf>=4.25,<4.26'
-echo "== tests, protobuf $(.venv/bin/python -c 'import google.protobuf as p; print(p.__version__)')"
+# The low ends of the dependency ranges that setup.cfg allows.
+.venv/bin/python -m pip install -q 'protobuf>=4.25,<4.26' 'h2==4.1.*'
+echo "== tests, $(versions .venv/bin/python)"
 .venv/bin/python -m pytest -q "$@"
-.venv/bin/python -m pip install -q --upgrade 'protobuf>=7,<8'
+.venv/bin/python -m pip install -q --upgrade 'protobuf>=7,<8' 'h2>=4.1,<5'
+
+# The oldest and the newest Python that README promises, each with what pip
+# resolves there, and the image's Python (Dockerfile) for the demo. They come
+# from pyenv; SDPLITE_PYTHONS chooses others (an empty value skips them).
+find_python() {
+    local wanted=$1 found
+    found=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$wanted".*/bin/python 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$found" ]; then
+        echo "scripts/test.sh: Python $wanted is missing: install it with 'pyenv install $wanted'" \
+            "(or set SDPLITE_PYTHONS to the versions you have)" >&2
+        exit 1
+    fi
+    echo "$found"
+}
+
+python_venv() {
+    local version=$1 dir=.venv-$1
+    [ -x "$dir/bin/python" ] || "$(find_python "$version")" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --upgrade pip
+}
+
+for version in ${SDPLITE_PYTHONS-3.9 3.13}; do
+    python_venv "$version"
+    ".venv-$version/bin/python" -m pip install -q -e '.[test]' -r benchmarks/requirements.txt
+    echo "== tests, $(versions ".venv-$version/bin/python")"
+    ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider "$@"
+done
+
+if [ -n "${SDPLITE_PYTHONS-x}" ]; then
+    python_venv 3.12
+    .venv-3.12/bin/python -m pip install -q .
+    echo "== sdplite demo, $(versions .venv-3.12/bin/python)"
+    .venv-3.12/bin/sdplite demo >.venv-3.12/demo.txt
+    tail -n 1 .venv-3.12/demo.txt | grep -qx "done." || { cat .venv-3.12/demo.txt; exit 1; }
+    echo "demo: $(wc -l <.venv-3.12/demo.txt) lines, ends with done."
+fi
