@@ -137,13 +137,19 @@ class DevicePlugin:
     def publish(self, devices: Sequence[Any]) -> bool:
         """Replace the device list; every open ListAndWatch gets it if it changed.
 
+        The list stands, over server and kubelet restarts, until ``get_devices``
+        or ``list_and_watch`` sends a list that differs from its previous one.
         Raises :class:`DeviceListError` (and keeps the old list) for a list the
         kubelet could not use.
         """
         return self.state.publish(devices)
 
     def set_health(self, device_id: str, healthy: bool) -> bool:
-        """Mark one device healthy or unhealthy and push the change."""
+        """Mark one device healthy or unhealthy and push the change.
+
+        The health stands, over server and kubelet restarts, until a list from
+        ``get_devices`` or ``list_and_watch`` changes this device's health.
+        """
         return self.state.set_health(device_id, healthy)
 
     def rescan(self) -> None:
@@ -156,7 +162,7 @@ class DevicePlugin:
     def _publish_from_impl(self, devices: Any) -> None:
         """``watch.send``: a bad list is logged and the last good one stays."""
         try:
-            self.state.publish(devices)
+            self.state.report(devices)
         except DeviceListError as exc:
             log.error(
                 "%s: list_and_watch sent a bad list, keeping the last good one: %s",

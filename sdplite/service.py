@@ -1,8 +1,17 @@
 """The v1beta1 DevicePlugin service: the five RPCs the kubelet calls.
 
 :class:`DeviceState` holds one plugin's current device list, serialised once
-per change, and the open ListAndWatch streams; :func:`device_plugin_methods`
-turns an implementation and that state into transport methods.
+per change, what the plugin's owner told it (``set_health``, ``publish``) and
+the open ListAndWatch streams; :func:`device_plugin_methods` turns an
+implementation and that state into transport methods.
+
+Two sources write the list: the owner (:meth:`DeviceState.publish`,
+:meth:`DeviceState.set_health`) and the implementation
+(:meth:`DeviceState.report`: ``get_devices()`` or ``watch.send``). The state
+outlives every server restart, but ``list_and_watch`` runs again on each one
+and sends its first list again, so a reported list that repeats what the
+implementation said before must not undo what the owner said since: the last
+word about each device wins (docs/guide.md, "Health").
 """
 
 from __future__ import annotations
@@ -48,6 +57,14 @@ class DeviceState:
         self._entries: Optional[list[bytes]] = None
         self._positions: dict[str, int] = {}
         self._streams: set[ResponseStream] = set()
+        # What the owner said about each device's health (set_health, publish),
+        # kept until the implementation reports a different health for it.
+        self._told: dict[str, bool] = {}
+        # The last list the implementation reported, and whether the owner's
+        # publish() has replaced it (then it stands until that list changes).
+        self._reported: Optional[tuple[Device, ...]] = None
+        self._reported_by_id: dict[str, Device] = {}
+        self._published = False
         #: Bumped on every change; lets a waiter tell an old list from a new one.
         self.version = 0
 
@@ -62,12 +79,63 @@ class DeviceState:
         return self._by_id
 
     def publish(self, devices: Any) -> bool:
-        """Replace the list; push it to every stream if it changed.
+        """The owner's whole new list; push it to every stream if it changed.
 
-        Raises :class:`DeviceListError` for a list the kubelet could not use;
-        the previous list then stays.
+        It stands, health included, until the implementation reports a list
+        that differs from its previous one. Raises :class:`DeviceListError`
+        for a list the kubelet could not use; the previous list then stays.
         """
-        return self._replace(normalize_devices(devices))
+        new = normalize_devices(devices)
+        with self._lock:
+            changed = self._replace(new)
+            self._told = {d.id: d.healthy for d in new}
+            self._published = True
+        return changed
+
+    def report(self, devices: Any) -> bool:
+        """A list from the implementation (``get_devices()``, ``watch.send``), merged
+        with what the owner said; push the result to every stream if it changed.
+
+        A device keeps the health the owner gave it unless this list changes
+        that device's health from the implementation's previous list; a list
+        equal to the previous one leaves a published list in place. So the
+        first list after a restart, the same as before it, undoes nothing.
+        Raises :class:`DeviceListError` (and changes nothing) for a bad list.
+        """
+        new = normalize_devices(devices)
+        with self._lock:
+            if self._published and new == self._reported:
+                return False
+            merged, told = self._merge_told(new) if self._told else (new, {})
+            changed = self._replace(merged)
+            self._told = told
+            self._reported = new
+            self._reported_by_id = {d.id: d for d in new}
+            self._published = False
+        return changed
+
+    def _merge_told(self, new: tuple[Device, ...]) -> tuple[tuple[Device, ...], dict[str, bool]]:
+        """``new`` with the owner's health where the implementation did not change its
+        own, and what the owner said that still stands."""
+        told, before = self._told, self._reported_by_id
+        kept: dict[str, bool] = {}
+        merged = []
+        for device in new:
+            said = told.get(device.id)
+            if said is not None:
+                previous = before.get(device.id)
+                if previous is not None and previous.healthy == device.healthy:
+                    kept[device.id] = said
+                    if said != device.healthy:
+                        device = device.with_health(said)
+            merged.append(device)
+        return tuple(merged), kept
+
+    @property
+    def told_health(self) -> dict[str, bool]:
+        """The health the owner set, per device ID, that the next reported list keeps."""
+        with self._lock:
+            return dict(self._told)
 
     def set_health(self, device_id: str, healthy: bool) -> bool:
         """Mark one device healthy or unhealthy; KeyError if there is no such device.
@@ -82,6 +150,7 @@ class DeviceState:
             if not isinstance(healthy, bool):
                 raise TypeError(f"healthy must be True or False, not {healthy!r}")
             if before.healthy == healthy:
+                self._told[device_id] = healthy
                 return False
             if self._entries is None:
                 self._entries, self._positions = _split_entries(self._encoded, self._devices)
@@ -100,6 +169,7 @@ class DeviceState:
             by_id = dict(self._by_id)  # a new dict: snapshot() callers keep theirs
             by_id[device_id] = after
             self._install(tuple(devices), by_id, encoded)
+            self._told[device_id] = healthy
         log.info("%s: device %s is now %s", self.resource_name, device_id, after.health)
         return True
 

@@ -88,3 +88,66 @@ def test_a_change_that_would_overflow_the_kubelet_limit_is_refused_and_the_list_
     state.publish([Device("a")])
     assert state.set_health("a", False)
     assert watcher.sent[-1] == encode_device_list([Device("a", healthy=False)])
+
+
+# -- what the owner said and what the implementation reports ---------------------------
+
+
+def test_a_repeated_report_keeps_the_health_the_owner_set() -> None:
+    """The first list after a restart repeats the last one: set_health must survive it."""
+    state = DeviceState("example.com/x")
+    state.report([Device("a"), Device("b")])
+    state.set_health("b", False)
+    assert not state.report([Device("a"), Device("b")])
+    assert [d.health for d in state.devices] == ["Healthy", "Unhealthy"]
+    assert state.told_health == {"b": False}
+
+
+def test_a_report_with_another_change_still_keeps_the_owners_health() -> None:
+    state = DeviceState("example.com/x")
+    state.report([Device("a"), Device("b")])
+    state.set_health("b", False)
+    assert state.report([Device("a"), Device("b"), Device("c")])
+    assert {d.id: d.healthy for d in state.devices} == {"a": True, "b": False, "c": True}
+
+
+def test_a_report_that_changes_a_devices_health_has_the_last_word() -> None:
+    state = DeviceState("example.com/x")
+    state.report([Device("a"), Device("b", healthy=False)])
+    state.set_health("b", True)  # the owner knows better ...
+    state.report([Device("a"), Device("b", healthy=False)])
+    assert state.get("b") == Device("b")
+    state.report([Device("a"), Device("b")])  # ... until the implementation changes its mind
+    state.report([Device("a"), Device("b", healthy=False)])
+    assert state.get("b") == Device("b", healthy=False)
+    assert state.told_health == {}
+
+
+def test_a_device_that_leaves_the_list_forgets_its_told_health() -> None:
+    state = DeviceState("example.com/x")
+    state.report([Device("a"), Device("b")])
+    state.set_health("b", False)
+    state.report([Device("a")])
+    state.report([Device("a"), Device("b")])
+    assert state.get("b") == Device("b")
+
+
+def test_a_published_list_stands_until_the_reported_list_changes() -> None:
+    state = DeviceState("example.com/x")
+    state.report([Device("a"), Device("b")])
+    state.publish([Device("a"), Device("b", healthy=False), Device("c")])
+    assert not state.report([Device("a"), Device("b")])  # the same list again: a restart
+    assert [(d.id, d.healthy) for d in state.devices] == [("a", True), ("b", False), ("c", True)]
+    assert state.report([Device("a"), Device("b"), Device("d")])  # a new list replaces it ...
+    assert [(d.id, d.healthy) for d in state.devices] == [("a", True), ("b", False), ("d", True)]
+
+
+def test_a_bad_report_changes_nothing_the_owner_said() -> None:
+    state = DeviceState("example.com/x")
+    state.report([Device("a"), Device("b")])
+    state.set_health("b", False)
+    with pytest.raises(DeviceListError):
+        state.report([Device("a"), Device("a")])
+    assert state.told_health == {"b": False}
+    state.report([Device("a"), Device("b")])
+    assert state.get("b") == Device("b", healthy=False)

@@ -379,6 +379,29 @@ def test_kubelet_restart_wipes_the_sockets_and_the_plugin_registers_again(
     assert os.path.exists(plugin.socket_path), "the plugin serves on a fresh socket"
 
 
+def test_set_health_survives_a_kubelet_restart(kind: str, sock_dir: str, started: Any) -> None:
+    """docs/guide.md's Health pattern (list once, then set_health): a device known to be bad stays
+    unhealthy on the new kubelet, and one set healthy again stays healthy."""
+    kubelet = KubeletPeer(kind, sock_dir)
+    plugin, _ = plugin_with_gpus(sock_dir)  # lists gpu-2 as unhealthy, once
+    started(plugin)
+    try:
+        kubelet.wait_list(RESOURCE, lambda e: e["count"] == 3)
+        plugin.set_health("gpu-0", False)
+        plugin.set_health("gpu-2", True)
+        kubelet.wait_list(RESOURCE, lambda e: health(e)["gpu-0"] == "Unhealthy")
+        kubelet.stop()
+        kubelet = KubeletPeer(kind, sock_dir, cleanup=True)
+        kubelet.wait_registered(RESOURCE)
+        first = kubelet.wait_list(RESOURCE, lambda e: e["count"] == 3)
+        assert health(first) == {"gpu-0": "Unhealthy", "gpu-1": "Healthy", "gpu-2": "Healthy"}
+        refused = check(kubelet.allocate(RESOURCE, ["gpu-0"]), StatusCode.INVALID_ARGUMENT)
+        assert "unhealthy devices ['gpu-0']" in refused["message"]
+        assert check(kubelet.allocate(RESOURCE, ["gpu-2"]))["containers"]
+    finally:
+        kubelet.close()
+
+
 # -- our client against the peer's DevicePlugin server ----------------------------------
 
 
