@@ -24,13 +24,13 @@ import h2.events
 import h2.settings
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
-from stuck_states import STATES, Scene
 
 from sdplite.wire import Channel, Server, unary
 
 from conftest import wait_until
 from echo_service import ECHO, Hub, serve_sdplite
 from raw_h2 import RawClient, grpc_frame
+from stuck_states import STATES, Scene
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
