@@ -33,6 +33,7 @@ from .devices import (
     normalize_devices,
 )
 from .impl import has_hook
+from .logtext import cut
 from .wire import GrpcError, Method, ResponseStream, ServerContext, StatusCode
 from .wire import server_streaming as streaming_method
 from .wire import unary as unary_method
@@ -170,7 +171,7 @@ class DeviceState:
             by_id[device_id] = after
             self._install(tuple(devices), by_id, encoded)
             self._told[device_id] = healthy
-        log.info("%s: device %s is now %s", self.resource_name, device_id, after.health)
+        log.info("%s: device %s is now %s", self.resource_name, cut(device_id), after.health)
         return True
 
     def _replace(self, devices: tuple[Device, ...]) -> bool:
@@ -199,7 +200,7 @@ class DeviceState:
         for device_id, device in new.items():
             before = old.get(device_id)
             if before is not None and before.healthy != device.healthy:
-                log.info("%s: device %s is now %s", self.resource_name, device_id, device.health)
+                log.info("%s: device %s is now %s", self.resource_name, cut(device_id), device.health)
         added = len(new.keys() - old.keys())
         removed = len(old.keys() - new.keys())
         if added or removed:

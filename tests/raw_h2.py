@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections import deque
 from typing import Any, Callable, Optional
 
@@ -37,7 +38,15 @@ class RawClient:
     def __init__(self, path: str, settings: Optional[dict[int, int]] = None, preface: bool = True) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(10)
-        self.sock.connect(path)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except BlockingIOError:  # the listen backlog is full (a storm of connections)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )

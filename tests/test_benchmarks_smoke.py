@@ -38,3 +38,16 @@ def test_quick_benchmark_run_prints_the_table() -> None:
     for row in ("Allocate 1x1: plugin CPU/call", "LAW update: p50 latency", "Start -> Register", "Idle: RSS"):
         assert row in out
     assert "Targets missed:" in out
+
+
+def test_idle_after_storm_runs_and_prints_its_table() -> None:
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "idle_after_storm.py"), "--cases", "50", "--idle", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}"
+    assert "50 hostile connections in" in result.stdout and "plugin alive after: True" in result.stdout
+    assert "| idle CPU, ms per s |" in result.stdout

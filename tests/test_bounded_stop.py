@@ -24,13 +24,13 @@ import h2.events
 import h2.settings
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
-from stuck_states import STATES, Scene
 
 from sdplite.wire import Channel, Server, unary
 
 from conftest import wait_until
 from echo_service import ECHO, Hub, serve_sdplite
 from raw_h2 import RawClient, grpc_frame
+from stuck_states import STATES, Scene
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,8 +75,13 @@ def test_plugin_stop_returns_in_every_state(
     baseline()  # once let go, the abandoned user code ends and nothing else is left
 
 
-@pytest.mark.parametrize("state", sorted(STATES))
-def test_sigterm_exits_zero_in_every_state(state: str, sock_dir: str) -> None:
+@pytest.mark.parametrize(
+    "state,signum",
+    [(state, signal.SIGTERM) for state in sorted(STATES)] + [("allocate-hung-on-the-reader", signal.SIGINT)],
+)
+def test_a_signal_stops_the_process_with_status_0_in_every_state(
+    state: str, signum: int, sock_dir: str
+) -> None:
     proc = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "stuck_states.py"), state, sock_dir],
         env={**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")},
@@ -98,7 +103,7 @@ def test_sigterm_exits_zero_in_every_state(state: str, sock_dir: str) -> None:
     reader.start()
     try:
         assert ready.wait(60), "".join(lines)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         assert proc.wait(timeout=30) == 0, "".join(lines)
     finally:
         if proc.poll() is None:
@@ -106,7 +111,7 @@ def test_sigterm_exits_zero_in_every_state(state: str, sock_dir: str) -> None:
             proc.wait(10)
     reader.join(10)
     out = "".join(lines)
-    assert "received SIGTERM" in out and "RETURNED" in out, out
+    assert f"received {signal.Signals(signum).name}" in out and "RETURNED" in out, out
     found = still_running_lines(out)
     if STATES[state]:
         assert len(found) == 1 and STATES[state] in found[0], out

@@ -33,7 +33,8 @@ log = logging.getLogger("sdplite.wire")
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_UNIX_PATH = 107
 
-#: Of a stop's grace, the seconds kept to send GOAWAY and close (at most half).
+#: Seconds a stop gives itself, after the calls' grace, to send GOAWAY and
+#: close (at most half of a deadline it is handed).
 _CLOSING_TIME = 0.2
 
 #: struct ucred: pid, uid, gid.
@@ -45,8 +46,8 @@ class Server:
 
     ``stop(grace)`` is graceful and bounded: no new connections or calls,
     streams are ended with UNAVAILABLE, unary calls get ``grace`` seconds to
-    finish, then connections get GOAWAY and close and the socket file is
-    removed, all within ``grace``. ``stop(0)`` does the same without waiting.
+    finish, then connections get GOAWAY and close (within 0.2 s more) and the
+    socket file is removed. ``stop(0)`` does the same without waiting for calls.
     """
 
     def __init__(
@@ -265,7 +266,7 @@ class Server:
         self._repeats.flush(due_only=True)  # a storm that has passed is summed up now
 
     def stop(self, grace: Optional[float] = 1.0, shutdown: Optional[Shutdown] = None) -> None:
-        """Stop serving within ``grace`` seconds; see the class docstring. Safe to call more than once.
+        """Stop serving within ``grace`` (+0.2) seconds; see the class docstring. Safe to call more than once.
 
         Whatever has not ended by then (a handler that never returns) is
         abandoned on its daemon thread and named in one WARNING line. Pass a
@@ -274,7 +275,10 @@ class Server:
         """
         own = shutdown is None
         if shutdown is None:
-            shutdown = Shutdown(grace or 0.0)
+            shutdown = Shutdown((grace or 0.0) + _CLOSING_TIME)
+            reserve = _CLOSING_TIME
+        else:  # a share of the caller's deadline
+            reserve = min(_CLOSING_TIME, shutdown.remaining() / 2)
         with self._lock:
             first = not self.stopping
             self.stopping = True
@@ -288,16 +292,16 @@ class Server:
                 for call in list(conn.calls.values()):
                     if call.stream is not None and not call.stream.ended:
                         call.stream.end(StatusCode.UNAVAILABLE, "server is shutting down")
-        # Calls get the grace less a moment to say GOAWAY and close.
-        reserve = min(_CLOSING_TIME, shutdown.grace / 2)
+        # Calls get the grace; saying GOAWAY and closing, a moment more.
         for conn in connections:
             conn.wait_idle(shutdown.remaining(reserve))
         for conn in connections:
             conn.close(graceful=True, timeout=shutdown.remaining())
         for conn in connections:
             conn.join(shutdown.remaining())
-        if self._accept_thread is not threading.current_thread():
-            shutdown.join(self._accept_thread, "the accept loop")
+        accept = self._accept_thread
+        if accept is not None and accept is not threading.current_thread():
+            accept.join(shutdown.remaining())  # woken by the listener's shutdown: ends at once
         self.pool.close(timeout=shutdown.remaining())
         for conn in connections:
             for method in conn.running_handlers():
