@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 from .api import deviceplugin_pb2 as pb
 from .api.paths import HEALTHY, UNHEALTHY
+from .logtext import cut
 
 __all__ = [
     "Device",
@@ -365,10 +366,10 @@ def default_allocation(devices: Mapping[str, Device], device_ids: Sequence[str])
         raise LookupError("the request names no devices")
     unknown = [i for i in device_ids if i not in devices]
     if unknown:
-        raise LookupError(f"unknown device IDs {unknown}")
+        raise LookupError(f"unknown device IDs {cut(repr(unknown))}")
     unhealthy = [i for i in device_ids if not devices[i].healthy]
     if unhealthy:
-        raise LookupError(f"cannot allocate unhealthy devices {unhealthy}")
+        raise LookupError(f"cannot allocate unhealthy devices {cut(repr(unhealthy))}")
     envs: dict[str, str] = {}
     annotations: dict[str, str] = {}
     nodes: list[DeviceNode] = []
