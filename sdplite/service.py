@@ -67,6 +67,8 @@ class DeviceState:
         self._reported: Optional[tuple[Device, ...]] = None
         self._reported_by_id: dict[str, Device] = {}
         self._published = False
+        #: True once a good list came in (from the owner or the implementation).
+        self.has_list = False
         #: Bumped on every change; lets a waiter tell an old list from a new one.
         self.version = 0
 
@@ -92,6 +94,7 @@ class DeviceState:
             changed = self._replace(new)
             self._told = {d.id: d.healthy for d in new}
             self._published = True
+            self.has_list = True
         return changed
 
     def report(self, devices: Any) -> bool:
@@ -114,6 +117,7 @@ class DeviceState:
             self._reported = new
             self._reported_by_id = {d.id: d for d in new}
             self._published = False
+            self.has_list = True
         return changed
 
     def _merge_told(self, new: tuple[Device, ...]) -> tuple[tuple[Device, ...], dict[str, bool]]:
