@@ -53,9 +53,6 @@ STREAM_LOSS_GRACE = 1.0
 STOP_GRACE = 1.0
 
 
-DEFAULT_DEVICE_PLUGIN_DIR = DEVICE_PLUGIN_PATH.rstrip("/")
-
-
 class PluginError(RuntimeError):
     """The plugin cannot run: the message says why and what to change."""
 
@@ -240,7 +237,7 @@ class Controller:
             if os.path.exists(directory):
                 self.fatal = (
                     f"{directory} is a file, not a directory: set plugin_dir (or $SDPLITE_PLUGIN_DIR) "
-                    f"to the kubelet's device-plugins directory, {DEFAULT_DEVICE_PLUGIN_DIR}"
+                    f"to the kubelet's device-plugins directory, {DEVICE_PLUGIN_PATH}"
                 )
                 log.error("%s: %s", plugin.resource_name, self.fatal)
                 return False
