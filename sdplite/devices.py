@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 from .api import deviceplugin_pb2 as pb
 from .api.paths import HEALTHY, UNHEALTHY
+from .logtext import cut
 
 __all__ = [
     "Device",
@@ -307,12 +308,18 @@ def _to_device(item: Any, index: int) -> Device:
 def normalize_devices(devices: Any) -> tuple[Device, ...]:
     """Check a device list and return it as :class:`Device` objects.
 
-    Refuses a non-sequence, items of the wrong type, empty or duplicate IDs,
-    NUMA node numbers that are not non-negative ints, and a list too large
+    Refuses anything but a list or other sequence (a dict, set, generator or
+    string: their order or meaning is not a device list's), items of the
+    wrong type, empty or duplicate IDs, NUMA node numbers that are not non-negative ints, and a list too large
     for one ListAndWatch message.
     """
-    if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
-        raise DeviceListError(f"the device list must be a list of devices, not {type(devices).__name__}")
+    if not isinstance(devices, (list, tuple)) and (
+        isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence)
+    ):
+        kind = type(devices).__name__
+        iterable = isinstance(devices, Iterable) and not isinstance(devices, (str, bytes))
+        hint = ": pass list(...) of it, in the order you want" if iterable else ""
+        raise DeviceListError(f"the device list must be a list of devices, not a {kind}{hint}")
     result = tuple(_to_device(item, i) for i, item in enumerate(devices))
     seen: set[str] = set()
     for i, device in enumerate(result):
@@ -365,10 +372,10 @@ def default_allocation(devices: Mapping[str, Device], device_ids: Sequence[str])
         raise LookupError("the request names no devices")
     unknown = [i for i in device_ids if i not in devices]
     if unknown:
-        raise LookupError(f"unknown device IDs {unknown}")
+        raise LookupError(f"unknown device IDs {cut(repr(unknown))}")
     unhealthy = [i for i in device_ids if not devices[i].healthy]
     if unhealthy:
-        raise LookupError(f"cannot allocate unhealthy devices {unhealthy}")
+        raise LookupError(f"cannot allocate unhealthy devices {cut(repr(unhealthy))}")
     envs: dict[str, str] = {}
     annotations: dict[str, str] = {}
     nodes: list[DeviceNode] = []

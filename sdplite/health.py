@@ -89,7 +89,7 @@ def check_status(path: str, max_age: float = 3 * HEARTBEAT) -> tuple[bool, str]:
         return False, f"unreadable status file {path}: {exc}"
     age = time.time() - float(document.get("time", 0))
     if age > max_age:
-        return False, f"status is {age:.0f}s old (over {max_age:.0f}s): the plugin process is stuck or gone"
+        return False, f"status is {age:.1f}s old (over {max_age:g}s): the plugin process is stuck or gone"
     problems = []
     for plugin in document.get("plugins", []):
         name = plugin.get("resource")

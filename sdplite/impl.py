@@ -32,7 +32,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
-from .devices import Device, DeviceListError, normalize_devices
 from .logtext import cut
 
 __all__ = ["Watch", "DevicePluginImpl", "SimpleImpl"]
@@ -91,14 +90,19 @@ class SimpleImpl:
         self.get_devices = get_devices
         self.interval = interval
 
-    def scan(self) -> Optional[tuple[Device, ...]]:
-        """The current devices, or None (logged) if get_devices failed."""
+    def scan(self, resource: str = "sdplite") -> Optional[Sequence[Any]]:
+        """What get_devices returned (checked when published), or None (logged
+        for ``resource``, with the traceback) if it raised."""
         try:
-            return normalize_devices(self.get_devices())
-        except DeviceListError as exc:
-            log.error("get_devices returned a bad list, keeping the last good one: %s", cut(exc))
+            return self.get_devices()
         except Exception as exc:
-            log.error("get_devices raised %s: %s; keeping the last good list", type(exc).__name__, cut(exc))
+            log.error(
+                "%s: get_devices raised %s: %s; keeping the last good list",
+                resource,
+                type(exc).__name__,
+                cut(exc),
+                exc_info=True,
+            )
         return None
 
     def list_and_watch(self, watch: Watch) -> None:

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .api.paths import DEVICE_PLUGIN_PATH
 from .impl import SimpleImpl, Watch, has_hook
 from .logtext import cut, cut_traceback
 from .registration import RegisterAttempt, RegisterOutcome, plugin_watcher_methods
@@ -38,6 +39,10 @@ log = logging.getLogger("sdplite")
 
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
+#: Retrying a server that cannot bind its socket (permissions, a read-only or
+#: unreal directory): first after this long, doubling up to the cap.
+SERVE_RETRY_FIRST = 0.5
+SERVE_RETRY_CAP = 30.0
 #: How long to wait for a flexible impl's first list before registering.
 FIRST_LIST_WAIT = 2.0
 #: After the kubelet ends our stream, how long to wait for signs of a kubelet
@@ -91,6 +96,18 @@ def clear_stale_socket(path: str) -> None:
         pass
 
 
+def _serve_hint(exc: OSError, directory: str) -> str:
+    """What to do about a socket that cannot be bound in ``directory``."""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f" (the plugin cannot create files in {directory}: run it as root, as the kubelet's "
+            f"directory is root-owned, and mount the host's directory read-write into the container)"
+        )
+    if exc.errno == errno.ENOENT:
+        return f" ({directory} does not take new files: is it the kubelet's device-plugins directory?)"
+    return ""
+
+
 class Controller:
     def __init__(self, plugin: DevicePlugin, wake: Callable[[], None]) -> None:
         self.plugin = plugin
@@ -112,6 +129,8 @@ class Controller:
         self._scan_started = 0.0
         self._scan_hang_logged = False
         self._dir_missing_logged = False
+        self._serve_retry = SERVE_RETRY_FIRST
+        self._serve_retry_at = 0.0
         self._watch_stop = threading.Event()
         self._watch_thread: Optional[threading.Thread] = None
         self._stopping = False
@@ -159,8 +178,10 @@ class Controller:
             self._stop_server(shutdown)
             shutdown.report(log, f"{self.plugin.resource_name}: restart")
         if self.server is None:
-            if not self._start_server():
-                return now + 0.5
+            if now < self._serve_retry_at:
+                return self._serve_retry_at
+            if not self._start_server(now):
+                return now + 0.5 if self._serve_retry_at <= now else self._serve_retry_at
         wake_at = now + 60.0 if recheck_at is None else recheck_at
         if isinstance(self.plugin.impl, SimpleImpl):
             if self._scan_requested or now >= self._next_scan:
@@ -209,12 +230,23 @@ class Controller:
 
     # -- serving -----------------------------------------------------------------
 
-    def _start_server(self) -> bool:
+    def _start_server(self, now: float) -> bool:
         plugin = self.plugin
         directory = os.path.dirname(plugin.socket_path)
         if not os.path.isdir(directory):
+            if os.path.exists(directory):
+                self.fatal = (
+                    f"{directory} is a file, not a directory: set plugin_dir (or $SDPLITE_PLUGIN_DIR) "
+                    f"to the kubelet's device-plugins directory, {DEVICE_PLUGIN_PATH}"
+                )
+                log.error("%s: %s", plugin.resource_name, self.fatal)
+                return False
             if not self._dir_missing_logged:
-                log.warning("%s: waiting for %s to exist", plugin.resource_name, directory)
+                log.warning(
+                    "%s: waiting for %s to exist (is the kubelet's directory mounted into the container?)",
+                    plugin.resource_name,
+                    directory,
+                )
                 self._dir_missing_logged = True
             return False
         self._dir_missing_logged = False
@@ -234,8 +266,18 @@ class Controller:
             log.error("%s: %s", plugin.resource_name, exc)
             return False
         except OSError as exc:
-            log.error("%s: cannot serve on %s: %s", plugin.resource_name, plugin.socket_path, exc)
+            log.error(
+                "%s: cannot serve on %s: %s%s; retrying in %.1fs",
+                plugin.resource_name,
+                plugin.socket_path,
+                exc.strerror or exc,
+                _serve_hint(exc, directory),
+                self._serve_retry,
+            )
+            self._serve_retry_at = now + self._serve_retry
+            self._serve_retry = min(self._serve_retry * 2, SERVE_RETRY_CAP)
             return False
+        self._serve_retry = SERVE_RETRY_FIRST
         self.server = server
         self._call_hook("refresh")
         self._start_watch()
@@ -297,9 +339,9 @@ class Controller:
 
         def scan() -> None:
             try:
-                devices = impl.scan()
+                devices = impl.scan(self.plugin.resource_name)
                 if devices is not None:
-                    self.plugin._publish_from_impl(devices)
+                    self.plugin._publish_from_impl(devices, "get_devices")
             finally:
                 done.set()
                 self._wake()

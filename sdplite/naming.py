@@ -64,6 +64,9 @@ def validate_socket_name(name: str, directory: str) -> str:
         )
     if name == "kubelet.sock":
         raise InvalidNameError("socket name 'kubelet.sock' is the kubelet's own: pick another")
+    for what, value in (("socket name", name), ("plugin directory", directory)):
+        if "\0" in value:
+            raise InvalidNameError(f"{what} {value!r} contains a NUL byte, which no path can hold: remove it")
     path = os.path.join(directory, name)
     size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:

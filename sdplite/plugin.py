@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Union
 
 from .api import paths
 from .devices import Device, DeviceListError
-from .impl import SimpleImpl
+from .impl import DevicePluginImpl, SimpleImpl
 from .lifecycle import Controller, PluginError
 from .logtext import cut
 from .naming import validate_resource_name, validate_socket_name
@@ -159,19 +159,22 @@ class DevicePlugin:
         if self._controller is not None:
             self._controller.request_scan()
 
-    def _publish_from_impl(self, devices: Any) -> None:
-        """``watch.send``: a bad list is logged and the last good one stays."""
+    def _publish_from_impl(self, devices: Any, source: str = "list_and_watch") -> None:
+        """A list from ``watch.send`` or ``get_devices``: a bad one is logged and the last good one stays."""
         try:
             self.state.report(devices)
         except DeviceListError as exc:
-            log.error(
-                "%s: list_and_watch sent a bad list, keeping the last good one: %s",
-                self.resource_name,
-                cut(exc),
-            )
+            if self.state.has_list:
+                outcome = "keeping the last good one"
+            else:
+                outcome = "no good list yet, so the kubelet sees 0 devices until one comes"
+            log.error("%s: %s sent a bad list, %s: %s", self.resource_name, source, outcome, cut(exc))
 
 
-ImplOrCallable = Union[Callable[[], Sequence[Any]], Any]
+#: What build() takes: a get_devices callable (simple mode) or an object with
+#: list_and_watch (flexible mode). Typed, so a type checker holds a
+#: flexible-mode object to :class:`~sdplite.impl.DevicePluginImpl`.
+ImplOrCallable = Union[Callable[[], Sequence[Any]], DevicePluginImpl]
 
 
 def build(

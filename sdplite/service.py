@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from .api import deviceplugin_pb2 as pb
@@ -33,10 +33,11 @@ from .devices import (
     normalize_devices,
 )
 from .impl import has_hook
-from .logtext import cut
+from .logtext import cut, cut_list
 from .wire import GrpcError, Method, ResponseStream, ServerContext, StatusCode
 from .wire import server_streaming as streaming_method
 from .wire import unary as unary_method
+from .wire.handlers import status_of
 
 __all__ = ["DeviceState", "plugin_options", "device_plugin_methods"]
 
@@ -66,6 +67,8 @@ class DeviceState:
         self._reported: Optional[tuple[Device, ...]] = None
         self._reported_by_id: dict[str, Device] = {}
         self._published = False
+        #: True once a good list came in (from the owner or the implementation).
+        self.has_list = False
         #: Bumped on every change; lets a waiter tell an old list from a new one.
         self.version = 0
 
@@ -91,6 +94,7 @@ class DeviceState:
             changed = self._replace(new)
             self._told = {d.id: d.healthy for d in new}
             self._published = True
+            self.has_list = True
         return changed
 
     def report(self, devices: Any) -> bool:
@@ -113,6 +117,7 @@ class DeviceState:
             self._reported = new
             self._reported_by_id = {d.id: d for d in new}
             self._published = False
+            self.has_list = True
         return changed
 
     def _merge_told(self, new: tuple[Device, ...]) -> tuple[tuple[Device, ...], dict[str, bool]]:
@@ -296,7 +301,11 @@ def _fill_container(
         except LookupError as exc:
             raise GrpcError(StatusCode.INVALID_ARGUMENT, f"{state.resource_name}: {exc}") from None
     if isinstance(result, Allocation):
-        result.fill(response.container_responses.add())
+        container = response.container_responses.add()
+        try:
+            result.fill(container)
+        except (TypeError, ValueError) as exc:
+            raise GrpcError(StatusCode.INTERNAL, _bad_allocation(result, exc)) from None
     elif isinstance(result, pb.ContainerAllocateResponse):
         response.container_responses.append(result)
     else:
@@ -307,11 +316,57 @@ def _fill_container(
         )
 
 
+def _bad_allocation(allocation: Allocation, exc: Exception) -> str:
+    """Why an Allocation does not fit the message, found only once filling it failed."""
+    for name in ("envs", "annotations"):
+        mapping = getattr(allocation, name)
+        if not isinstance(mapping, Mapping):
+            kind = type(mapping).__name__
+            return f"allocate returned an Allocation whose {name} is a {kind}: give a dict of str to str"
+        for key, value in mapping.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                return (
+                    f"allocate returned an Allocation with {name}[{cut(repr(key), 60)}] = "
+                    f"{cut(repr(value), 60)}: {name} keys and values must be str (use str(value))"
+                )
+    return (
+        f"allocate returned an Allocation that does not fit a ContainerAllocateResponse "
+        f"({type(exc).__name__}: {cut(exc)}): mounts must be sdplite.Mount, nodes sdplite.DeviceNode, "
+        f"cdi_devices str"
+    )
+
+
+def _preferred_text(request: pb.PreferredAllocationRequest) -> str:
+    """Each container's choice: ``2 of [a,b,c] with [a]``."""
+    parts = [
+        f"{c.allocation_size} of [{cut_list(c.available_deviceIDs)}]"
+        f" with [{cut_list(c.must_include_deviceIDs)}]"
+        for c in request.container_requests
+    ]
+    return cut(" ".join(parts))
+
+
+def _containers_text(id_lists: Iterable[Iterable[str]]) -> str:
+    """The device IDs of each container of a request, for a log line: ``[a,b] [c]``."""
+    return cut(" ".join(f"[{cut_list(ids)}]" for ids in id_lists))
+
+
+def _refusal(exc: BaseException) -> str:
+    code, message = status_of(exc)
+    return f"{code.name}: {cut(message)}"
+
+
 def device_plugin_methods(
     impl: Any, state: DeviceState, on_stream_end: Callable[[ServerContext], None]
 ) -> list[Method[Any]]:
-    """The DevicePlugin service for ``impl``, serving ``state``'s devices."""
+    """The DevicePlugin service for ``impl``, serving ``state``'s devices.
+
+    Allocate, GetPreferredAllocation and PreStartContainer each log one INFO
+    line with the resource, the IDs and the outcome (docs/guide.md, "Logs").
+    """
     options = plugin_options(impl)
+    name = state.resource_name
+    enabled = log.isEnabledFor
 
     def get_options(request: pb.Empty, context: ServerContext) -> pb.DevicePluginOptions:
         return options
@@ -327,38 +382,71 @@ def device_plugin_methods(
     allocate_hook = getattr(impl, "allocate", None) if has_hook(impl, "allocate") else None
 
     def allocate(request: pb.AllocateRequest, context: ServerContext) -> pb.AllocateResponse:
-        if not request.container_requests:
-            raise GrpcError(StatusCode.INVALID_ARGUMENT, "AllocateRequest has no container requests")
-        response = pb.AllocateResponse()
-        for container in request.container_requests:
-            ids = list(container.devices_ids)
-            result = allocate_hook(ids) if allocate_hook is not None else None
-            _fill_container(response, result, state, ids)
+        containers = request.container_requests
+        try:
+            if not containers:
+                raise GrpcError(StatusCode.INVALID_ARGUMENT, "AllocateRequest has no container requests")
+            response = pb.AllocateResponse()
+            for container in containers:
+                ids = list(container.devices_ids)
+                result = allocate_hook(ids) if allocate_hook is not None else None
+                _fill_container(response, result, state, ids)
+        except Exception as exc:
+            if enabled(logging.INFO):
+                ids_text = _containers_text(c.devices_ids for c in containers)
+                log.info("%s: Allocate %s refused: %s", name, ids_text, _refusal(exc))
+            raise
+        if enabled(logging.INFO):
+            log.info("%s: Allocate %s granted", name, _containers_text(c.devices_ids for c in containers))
         return response
 
     def preferred(
         request: pb.PreferredAllocationRequest, context: ServerContext
     ) -> pb.PreferredAllocationResponse:
         response = pb.PreferredAllocationResponse()
-        for container in request.container_requests:
-            ids = impl.get_preferred_allocation(
-                list(container.available_deviceIDs),
-                list(container.must_include_deviceIDs),
-                container.allocation_size,
-            )
-            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
-                raise GrpcError(
-                    StatusCode.INTERNAL,
-                    f"get_preferred_allocation returned a {type(ids).__name__}; return a list of IDs",
+        chosen: list[list[str]] = []
+        try:
+            for container in request.container_requests:
+                ids = impl.get_preferred_allocation(
+                    list(container.available_deviceIDs),
+                    list(container.must_include_deviceIDs),
+                    container.allocation_size,
                 )
-            response.container_responses.add(deviceIDs=list(ids))
+                if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+                    raise GrpcError(
+                        StatusCode.INTERNAL,
+                        f"get_preferred_allocation returned a {type(ids).__name__}; return a list of IDs",
+                    )
+                response.container_responses.add(deviceIDs=list(ids))
+                chosen.append(list(ids))
+        except Exception as exc:
+            if enabled(logging.INFO):
+                log.info(
+                    "%s: GetPreferredAllocation %s refused: %s", name, _preferred_text(request), _refusal(exc)
+                )
+            raise
+        if enabled(logging.INFO):
+            log.info(
+                "%s: GetPreferredAllocation %s: preferred %s",
+                name,
+                _preferred_text(request),
+                _containers_text(chosen),
+            )
         return response
 
     def pre_start(
         request: pb.PreStartContainerRequest, context: ServerContext
     ) -> pb.PreStartContainerResponse:
-        if has_hook(impl, "pre_start_container"):
-            impl.pre_start_container(list(request.devices_ids))
+        try:
+            if has_hook(impl, "pre_start_container"):
+                impl.pre_start_container(list(request.devices_ids))
+        except Exception as exc:
+            if enabled(logging.INFO):
+                ids_text = _containers_text([request.devices_ids])
+                log.info("%s: PreStartContainer %s refused: %s", name, ids_text, _refusal(exc))
+            raise
+        if enabled(logging.INFO):
+            log.info("%s: PreStartContainer %s done", name, _containers_text([request.devices_ids]))
         return pb.PreStartContainerResponse()
 
     methods = [

@@ -95,6 +95,8 @@ class Supervisor:
             if self._status is not None:
                 self._status.remove()
             self._close()
+            names = ", ".join(cut(p.resource_name) for p in self.plugins)
+            log.info("stopped: %s", names)
 
     def _sleep(self, timeout: float) -> None:
         """Wait for a wake-up, a directory change or a connection to accept."""

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -82,17 +83,38 @@ def test_the_configmap_is_a_valid_serve_config() -> None:
     assert config.resources[0].name == "example.com/serial"
 
 
-def test_dockerfile_install_steps_work_in_a_fresh_venv(tmp_path: Any) -> None:
-    """The image's RUN lines, run as written (paths mapped into a temp dir), give a working sdplite."""
+def dockerfile_stages() -> list[tuple[str, list[str], list[str]]]:
+    """(FROM line, RUN commands, COPY lines) of each stage of the Dockerfile."""
     with open(os.path.join(ROOT, "Dockerfile")) as handle:
-        runs = re.findall(r"^RUN (.+)$", handle.read(), re.M)
-    assert len(runs) == 2, runs
-    env_dir = os.path.join(str(tmp_path), "venv")
-    venv.create(env_dir, with_pip=True)
-    bin_dir = os.path.join(env_dir, "bin")
-    wheels = os.path.join(str(tmp_path), "wheels")
-    for command in runs:
-        command = command.replace("/wheels", wheels)
+        text = handle.read()
+    stages = []
+    for chunk in re.split(r"^(?=FROM )", text, flags=re.M)[1:]:
+        first = chunk.splitlines()[0]
+        stages.append(
+            (first, re.findall(r"^RUN (.+)$", chunk, re.M), re.findall(r"^COPY (.+)$", chunk, re.M))
+        )
+    return stages
+
+
+def test_dockerfile_steps_give_a_working_sdplite_without_pip(tmp_path: Any) -> None:
+    """Both stages' RUN lines as written, in a venv standing in for the base image's /usr/local:
+    the build stage installs into /install, the final stage drops pip and copies /install in."""
+    (build_from, build_runs, _), (final_from, final_runs, final_copies) = dockerfile_stages()
+    assert build_from.endswith(" AS build") and "AS" not in final_from
+    assert final_copies == ["--from=build /install /usr/local"]
+    assert not any("pip" in command and "rm " not in command for command in final_runs), final_runs
+    usr_local = os.path.join(str(tmp_path), "usr-local")
+    venv.create(usr_local, with_pip=True)
+    bin_dir = os.path.join(usr_local, "bin")
+    mapped = {
+        "/wheels": os.path.join(str(tmp_path), "wheels"),
+        "/install": os.path.join(str(tmp_path), "install"),
+        "/usr/local": usr_local,
+    }
+
+    def run(command: str) -> None:
+        for path, there in mapped.items():
+            command = re.sub(re.escape(path) + r"\b", there, command)
         result = subprocess.run(
             ["bash", "-c", command],
             cwd=ROOT,
@@ -101,12 +123,28 @@ def test_dockerfile_install_steps_work_in_a_fresh_venv(tmp_path: Any) -> None:
             timeout=600,
             env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]},
         )
-        assert result.returncode == 0, result.stdout + result.stderr
-    assert not os.path.exists(wheels)
+        assert result.returncode == 0, command + "\n" + result.stdout + result.stderr
+
+    for command in build_runs:
+        run(command)
+    assert not os.path.exists(mapped["/wheels"])
+    for command in final_runs:
+        run(command)
+    shutil.copytree(mapped["/install"], usr_local, dirs_exist_ok=True)  # the COPY --from=build
+    python = os.path.join(bin_dir, "python")
+    assert not glob.glob(os.path.join(bin_dir, "pip*")), "the final stage keeps pip"
+    assert subprocess.run([python, "-c", "import pip"], capture_output=True).returncode != 0
     listing = subprocess.run(
-        [os.path.join(bin_dir, "pip"), "list", "--format=freeze"], capture_output=True, text=True, check=True
+        [
+            python,
+            "-c",
+            "import importlib.metadata as m; print([d.metadata['Name'] for d in m.distributions()])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.lower()
-    assert "grpcio" not in listing and "sdplite==" in listing
+    assert "grpcio" not in listing and "sdplite" in listing and "pip" not in listing.split("'")
     for args in (["--version"], ["serve", "--help"], ["health", "--help"]):
         assert (
             subprocess.run(
@@ -114,6 +152,19 @@ def test_dockerfile_install_steps_work_in_a_fresh_venv(tmp_path: Any) -> None:
             ).returncode
             == 0
         )
+
+
+def test_kustomize_images_entry_names_the_daemonsets_image() -> None:
+    """`kustomize edit set image NAME=...` (README, Deploy) only rewrites images called NAME."""
+    with open(os.path.join(DEPLOY, "kustomization.yaml")) as handle:
+        (entry,) = yaml.safe_load(handle)["images"]
+    daemonset = next(d for d in manifests() if d["kind"] == "DaemonSet")
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    name = container["image"].rsplit(":", 1)[0]
+    assert entry["name"] == name
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    assert f"kustomize edit set image {name}=" in readme
 
 
 def test_python_m_build_makes_a_wheel_and_sdist_that_run_the_demo(tmp_path: Any) -> None:

@@ -113,7 +113,7 @@ def test_simple_mode_keeps_the_last_good_list_when_get_devices_fails(
     plugin.rescan()
     kubelet.wait_for_devices(RESOURCE, lambda d: set(health(d)) == {"a", "c"})
     text = caplog.text
-    assert "appears twice" in text and "scan failed" in text and "not str" in text
+    assert "appears twice" in text and "scan failed" in text and "not a str" in text
 
 
 def test_default_allocate_builds_container_responses_from_device_data(

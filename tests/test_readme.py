@@ -23,7 +23,8 @@ VENV_BIN = os.path.dirname(sys.executable)
 
 
 def test_the_readme_has_the_blocks_these_tests_expect() -> None:
-    assert len(PYTHON) == 4 and len(SHELL) == 3
+    assert len(PYTHON) == 4 and len(SHELL) == 4
+    assert "kustomize edit set image" in SHELL[3]  # Deploy; tests/test_deploy.py checks the name
     assert SHELL[1] == "bash scripts/test.sh"
     assert "bash scripts/test.sh" in open(os.path.join(ROOT, ".ci", "run")).read()
 

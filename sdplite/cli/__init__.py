@@ -10,7 +10,7 @@ from typing import Optional
 from .. import __version__
 from . import demo, health, inspect, kubelet, serve
 
-__all__ = ["main"]
+__all__ = ["main", "plain"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -19,15 +19,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Kubernetes device plugins in Python, without grpcio: try, serve and inspect them.",
     )
     parser.add_argument("--version", action="version", version=f"sdplite {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (demo, kubelet, serve, inspect, health):
         module.add_parser(commands)
-    args = parser.parse_args(argv)
+    for sub in commands.choices.values():
+        sub.description = plain(sub.description or "")
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"give a COMMAND: {', '.join(commands.choices)} (sdplite COMMAND --help)")
+    if extra:  # reported with the subcommand's usage, not the top level's
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.run(args)
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def plain(docstring: str) -> str:
+    """A module docstring as --help text: without the reST markup the API docs use."""
+    return docstring.replace("``", "")
 
 
 if __name__ == "__main__":

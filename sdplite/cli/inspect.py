@@ -1,10 +1,12 @@
 """``sdplite inspect SOCKET``: talk to any device plugin as the kubelet would.
 
 Shows the plugin's options and its device list (--follow: every update until
-Ctrl-C), and with --allocate calls Allocate for the given IDs and prints what
-the container would get. Works with plugins written with anything, not just
-sdplite. With --pod-resources it asks the kubelet's pod-resources API instead:
-which pod and container got which devices, and what is allocatable.
+Ctrl-C). With --allocate it calls Allocate for the given IDs and prints what
+the container would get; --preferred (with --size and --must-include) calls
+GetPreferredAllocation and --pre-start PreStartContainer, as the kubelet does.
+Works with plugins written with anything, not just sdplite. With
+--pod-resources it asks the kubelet's pod-resources API instead: which pod
+and container got which devices, and what is allocatable.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import argparse
 import json
 import sys
 from typing import Any
-
-from google.protobuf import json_format
 
 from ..api import deviceplugin_pb2 as pb
 from ..api import paths
@@ -30,10 +30,38 @@ def _devices_text(response: Any) -> str:
     return "\n".join(lines)
 
 
+def message_dict(message: Any) -> dict[str, Any]:
+    """Every field of ``message``, zeros and falses included, numbers as numbers.
+
+    (protobuf's json_format leaves out default values and writes int64 as
+    strings, so NUMA node 0 and ``false`` options vanished.)
+    """
+    body: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            items = dict(value)
+            if entry.fields_by_name["value"].message_type is not None:
+                items = {k: message_dict(v) for k, v in items.items()}
+            body[field.name] = items
+        elif _is_repeated(field):
+            body[field.name] = [message_dict(v) for v in value] if entry is not None else list(value)
+        elif entry is not None:
+            body[field.name] = message_dict(value)
+        else:
+            body[field.name] = value
+    return body
+
+
+def _is_repeated(field: Any) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # protobuf 6.31+; label is deprecated there
+    return bool(repeated) if repeated is not None else field.label == field.LABEL_REPEATED
+
+
 def _emit(args: argparse.Namespace, title: str, message: Any, text: str) -> None:
     if args.json:
-        body = json_format.MessageToDict(message, preserving_proto_field_name=True)
-        print(json.dumps({title: body}, sort_keys=True), flush=True)
+        print(json.dumps({title: message_dict(message)}, sort_keys=True), flush=True)
     else:
         print(text, flush=True)
 
@@ -64,16 +92,60 @@ def run(args: argparse.Namespace) -> int:
                         break
             finally:
                 stream.cancel()
-            for ids in args.allocate or ():
-                request = pb.AllocateRequest(
-                    container_requests=[pb.ContainerAllocateRequest(devices_ids=ids.split(","))]
-                )
-                answer = channel.unary(paths.ALLOCATE, request, pb.AllocateResponse, timeout=args.timeout)
-                _emit(args, "allocate", answer, f"allocate {ids}:\n{_allocation_text(answer)}")
+            _calls(args, channel)
     except GrpcError as exc:
         print(f"sdplite inspect: {args.socket}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _calls(args: argparse.Namespace, channel: Channel) -> None:
+    """--preferred, --allocate and --pre-start, in the kubelet's order."""
+    if args.preferred is not None:
+        request = pb.PreferredAllocationRequest(
+            container_requests=[
+                pb.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=args.preferred,
+                    must_include_deviceIDs=args.must_include or [],
+                    allocation_size=args.size,
+                )
+            ]
+        )
+        answer = channel.unary(
+            paths.GET_PREFERRED_ALLOCATION, request, pb.PreferredAllocationResponse, timeout=args.timeout
+        )
+        chosen = [",".join(c.deviceIDs) for c in answer.container_responses]
+        _emit(
+            args,
+            "preferred",
+            answer,
+            f"preferred {args.size} of {','.join(args.preferred)}: {' '.join(chosen)}",
+        )
+    for ids in args.allocate or ():
+        containers = [pb.ContainerAllocateRequest(devices_ids=ids)]
+        allocated = channel.unary(
+            paths.ALLOCATE,
+            pb.AllocateRequest(container_requests=containers),
+            pb.AllocateResponse,
+            timeout=args.timeout,
+        )
+        _emit(args, "allocate", allocated, f"allocate {','.join(ids)}:\n{_allocation_text(allocated)}")
+    for ids in args.pre_start or ():
+        started = channel.unary(
+            paths.PRE_START_CONTAINER,
+            pb.PreStartContainerRequest(devices_ids=ids),
+            pb.PreStartContainerResponse,
+            timeout=max(args.timeout, paths.PRE_START_CONTAINER_TIMEOUT),
+        )
+        _emit(args, "pre_start", started, f"pre-start {','.join(ids)}: done")
+
+
+def _device_ids(text: str) -> list[str]:
+    """``ID[,ID]`` as a list; an empty ID is an error, not a request for the ID ""."""
+    ids = text.split(",")
+    if not all(ids):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty device ID: give ID[,ID], e.g. gpu-0,gpu-1")
+    return ids
 
 
 def _pod_resources(args: argparse.Namespace) -> int:
@@ -135,8 +207,28 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--allocate",
         action="append",
+        type=_device_ids,
         metavar="ID[,ID]",
         help="call Allocate for these device IDs (repeatable)",
+    )
+    parser.add_argument(
+        "--preferred",
+        type=_device_ids,
+        metavar="ID[,ID]",
+        help="call GetPreferredAllocation with these available device IDs (see --size, --must-include)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=1, help="how many devices --preferred asks for (default 1)"
+    )
+    parser.add_argument(
+        "--must-include", type=_device_ids, metavar="ID[,ID]", help="device IDs --preferred must include"
+    )
+    parser.add_argument(
+        "--pre-start",
+        action="append",
+        type=_device_ids,
+        metavar="ID[,ID]",
+        help="call PreStartContainer for these device IDs (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for connect and calls")

@@ -9,8 +9,10 @@ Ctrl-C stops.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -46,10 +48,32 @@ def _printer(kind: str, name: str, detail: Any) -> None:
         print(f"{_stamp()} {kind:12} {name}: {detail}", flush=True)
 
 
+def _check_dir(directory: str) -> str:
+    """Why ``directory`` cannot hold kubelet.sock, or ""."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        return f"--dir {directory} is a file, not a directory: give the directory for kubelet.sock"
+    parent = os.path.dirname(directory)
+    if not os.path.isdir(directory) and not os.path.isdir(parent):
+        return f"--dir {directory}: {parent} does not exist: create it first (mkdir -p) or pick another --dir"
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
     directory = os.path.abspath(args.dir)
+    problem = _check_dir(directory)
+    if problem:
+        print(f"sdplite kubelet: {problem}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(directory):
+        print(f"{_stamp()} created      {directory}", flush=True)
+    # The emulator's own notes (a stale kubelet.sock removed, plugin-watcher trouble).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     stop = threading.Event()
-    emulator = KubeletEmulator(directory, on_event=_printer).start()
+    try:
+        emulator = KubeletEmulator(directory, on_event=_printer).start()
+    except (RuntimeError, OSError) as exc:
+        print(f"sdplite kubelet: {exc}", file=sys.stderr)
+        return 1
     restart = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

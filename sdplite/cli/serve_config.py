@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..devices import Device, DeviceNode, Mount
+from ..logtext import cut_list
 from ..naming import InvalidNameError, validate_resource_name
+
+log = logging.getLogger("sdplite")
 
 __all__ = ["ConfigError", "ResourceConfig", "ServeConfig", "load_config", "GlobDevices"]
 
@@ -137,6 +141,7 @@ class GlobDevices:
     def __init__(self, config: ResourceConfig) -> None:
         self.config = config
         self._seen: dict[str, None] = {}  # ordered set of paths ever matched
+        self._empty_warned = False
 
     def _device_ids(self, path: str) -> list[str]:
         base = path.strip("/").replace("/", "_")
@@ -156,4 +161,20 @@ class GlobDevices:
             else:
                 extra = {"nodes": [DeviceNode(path, path, self.config.permissions)]}
             devices += [Device(i, healthy=present, **extra) for i in self._device_ids(path)]
+        self._warn_if_empty(devices)
         return devices
+
+    def _warn_if_empty(self, devices: list[Device]) -> None:
+        """One warning when the globs stop matching anything (and none while they keep not matching)."""
+        if devices:
+            self._empty_warned = False
+            return
+        if self._empty_warned:
+            return
+        self._empty_warned = True
+        log.warning(
+            "%s: no file matches %s, so the resource has 0 devices: check the paths "
+            "(and that the host's /dev is mounted into the container)",
+            self.config.name,
+            cut_list(self.config.paths),
+        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import threading
 from collections.abc import Sequence
@@ -120,8 +121,7 @@ class KubeletEmulator:
     def start(self) -> KubeletEmulator:
         """Create the directory if needed and serve a fresh kubelet.sock."""
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        if os.path.lexists(self.socket):
-            os.unlink(self.socket)  # a leftover of a killed kubelet
+        self._clear_leftover_socket()
         self._server = Server(self.socket, [unary(paths.REGISTER, self._register, pb.RegisterRequest)])
         self._server.start()
         if self.registry_dir is not None:
@@ -132,6 +132,26 @@ class KubeletEmulator:
             )
             self._watcher.start()
         return self
+
+    def _clear_leftover_socket(self) -> None:
+        """Remove the kubelet.sock of a kubelet that did not stop cleanly; refuse a live one."""
+        if not os.path.lexists(self.socket):
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(self.socket)
+        except OSError:
+            pass  # nobody listens: a leftover
+        else:
+            raise RuntimeError(
+                f"another kubelet is serving on {self.socket}: stop it, or give this one another "
+                f"directory (sdplite kubelet --dir DIR)"
+            )
+        finally:
+            probe.close()
+        os.unlink(self.socket)
+        log.info("removed stale %s, left by a kubelet that did not stop cleanly", self.socket)
 
     def __enter__(self) -> KubeletEmulator:
         return self.start()

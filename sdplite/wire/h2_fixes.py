@@ -1,4 +1,5 @@
-"""Four places where h2 4.x is harsher or laxer than HTTP/2 asks, put right.
+"""Four places where h2 4.x is harsher or laxer than HTTP/2 asks, put right,
+and its loggers kept quiet.
 
 h2 is pinned below 5 (setup.cfg) because these reach into three of its
 internals (``FrameBuffer``, ``_receive_headers_frame``, ``_receive_frame``);
@@ -21,10 +22,18 @@ tests/interop/spec.py (run against grpc-go) pins 4.
 
 :func:`new_connection` also installs the HPACK shortcuts of
 :mod:`.hpack_shortcuts`.
+
+hpack logs every header it encodes or decodes at DEBUG ("Encoding 3 with 7
+bits"): turning DEBUG on for a program (``logging.basicConfig(level=DEBUG)``)
+buried sdplite's own lines under it. On import the ``hpack`` and ``h2``
+loggers are set to WARNING unless a level was already given to them; setting
+one by name (``logging.getLogger("hpack").setLevel(logging.DEBUG)``) still
+turns the chatter on.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import h2.config
@@ -38,7 +47,20 @@ import hyperframe.frame
 
 from .hpack_shortcuts import install_shortcuts
 
-__all__ = ["new_connection"]
+__all__ = ["new_connection", "QUIET_LOGGERS"]
+
+#: Loggers of the HTTP/2 libraries held at WARNING unless given a level by name.
+QUIET_LOGGERS = ("h2", "hpack")
+
+
+def _quiet_library_loggers() -> None:
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
+_quiet_library_loggers()
 
 _WINDOW_UPDATE = 0x8
 _UNLIMITED = 2**31 - 1
