@@ -166,6 +166,13 @@ def _wait(predicate: Any, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def say(marker: str) -> None:
+    """One write for the marker and its newline: with PYTHONUNBUFFERED, print()
+    writes them apart and a log line from another thread can land between."""
+    sys.stdout.write(marker + "\n")
+    sys.stdout.flush()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     scene = Scene(sys.argv[1], sys.argv[2])
@@ -173,11 +180,11 @@ def main() -> None:
 
     def provoke() -> None:
         scene.provoke()
-        print("READY", flush=True)
+        say("READY")
 
     threading.Thread(target=provoke, daemon=True).start()
     plugin.run()
-    print("RETURNED", flush=True)
+    say("RETURNED")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def test_a_signal_stops_the_process_with_status_0_in_every_state(
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.strip() == "READY":
+            if "READY" in line:
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
