@@ -19,7 +19,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from .. import __version__
+from ..version import VERSION
 from .connection import Connection
 from .framing import DEFAULT_MAX_MESSAGE, MessageDecoder, encode_message
 from .h2_protocol import CallState, H2Call, H2Protocol, Outgoing, StreamGone, error_name
@@ -37,7 +37,7 @@ __all__ = ["Channel", "ClientProtocol", "StreamingCall"]
 
 T = TypeVar("T")
 
-_USER_AGENT = f"grpc-python-sdplite/{__version__}".encode("ascii")
+_USER_AGENT = f"grpc-python-sdplite/{VERSION}".encode("ascii")
 _END = object()
 
 
