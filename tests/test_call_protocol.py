@@ -78,7 +78,7 @@ class Peer:
             elif isinstance(event, h2.events.DataReceived):
                 found[b"data"] = found.get(b"data", b"") + event.data
             elif isinstance(event, h2.events.StreamReset):
-                found[b"reset"] = str(event.error_code).encode()
+                found[b"reset"] = str(int(event.error_code)).encode()
         return found
 
 

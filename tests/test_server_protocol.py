@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, DoubleValue, StringValue
 
 from sdplite.wire import Channel, GrpcError, Server, StatusCode, unary
 
-from conftest import thread_count, wait_until
+from conftest import wait_until
 from echo_service import ECHO, HANG, WATCH, Hub, serve_sdplite
 from raw_h2 import RawClient, grpc_frame, request_headers
 
@@ -393,27 +392,3 @@ def test_immediate_stop_fails_calls_in_progress(served: Any) -> None:
     assert not os.path.exists(path)
     wait_until(lambda: channel.closed, what="the client to see the connection close")
     channel.close()
-
-
-def test_calls_queued_for_the_reader_of_a_connection_that_ends_are_dropped(sock_dir: str) -> None:
-    """A unary call and GOAWAY in one read: the call is queued for the reader, then the connection
-    ends. Whoever meets the end drops the queue, so the watchdog stands down, its worker retires,
-    and stop() returns at once."""
-    path = os.path.join(sock_dir, "q.sock")
-    server = serve_sdplite(path, Hub(), worker_idle_timeout=0.05)
-    threads = thread_count()
-    try:
-        client = RawClient(path)
-        client.read_until(lambda e: isinstance(e, h2.events.RemoteSettingsChanged))  # admitted, read
-        sid = client.h2.get_next_available_stream_id()
-        client.h2.send_headers(sid, request_headers(ECHO))
-        client.h2.send_data(sid, grpc_frame(BytesValue(value=b"q").SerializeToString()), end_stream=True)
-        client.h2.close_connection()
-        client.flush()  # one write: the call and the GOAWAY are read together
-        wait_until(lambda: server.connection_count == 0, what="the connection to close")
-        wait_until(lambda: thread_count() <= threads, what=f"threads {thread_count()} -> {threads}")
-        client.close()
-    finally:
-        started = time.monotonic()
-        server.stop(0)
-    assert time.monotonic() - started < 10
