@@ -8,12 +8,14 @@ Each round starts the benchmark's sdplite plugin (plugins/sdplite_plugin.py)
 once with each snapshot on ``PYTHONPATH``, the order alternating from round
 to round, and measures what a structural change must not slow down: Allocate
 latency and the plugin's CPU per call (1x1 and 8x8 requests), Allocate
-throughput from four client threads on the kubelet's one connection, and the
-ListAndWatch push (health change to the kubelet holding the new list). The
-report gives, per figure, the median of each side, the change, and the
-run-to-run noise: the largest spread (max - min) of one side's rounds, as a
-percentage of its median. A change is flagged only when it is worse by more
-than that noise.
+throughput from four client threads on the kubelet's one connection, the
+ListAndWatch push (health change to the kubelet holding the new list), and
+the CPU of one unary round trip with sdplite at both ends in one process. The
+report gives, per figure, the median of each side, the change, the
+run-to-run noise (the largest spread, max - min, of one side's rounds, as a
+percentage of its median), and the new/old ratio paired by round (median and
+middle half), which cancels most of the drift between rounds. A change is
+flagged only when it is worse by more than the noise.
 """
 
 from __future__ import annotations
@@ -38,7 +40,27 @@ FIGURES = {
     "Allocate 8x8 plugin CPU/call": ("us", False),
     "Allocate throughput, 4 threads": ("calls/s", True),
     "ListAndWatch push p50": ("us", False),
+    "in-process unary round trip CPU": ("us", False),
 }
+
+#: One process, sdplite's Channel calling sdplite's Server (an echo): CPU per call of the whole
+#: wire, both ends, threads included. Public API only, so old and new run the same script.
+_ROUND_TRIP = """
+import os, sys, tempfile, time
+from google.protobuf.wrappers_pb2 import BytesValue
+from sdplite.wire import Channel, Server, unary
+path = os.path.join(tempfile.mkdtemp(), "rt.sock")
+calls = int(sys.argv[1])
+with Server(path, [unary("/t.E/E", lambda r, c: r, BytesValue)]):
+    with Channel(path) as channel:
+        request = BytesValue(value=b"x" * 64)
+        for _ in range(200):
+            channel.unary("/t.E/E", request, BytesValue)
+        started = time.process_time()
+        for _ in range(calls):
+            channel.unary("/t.E/E", request, BytesValue)
+        print((time.process_time() - started) / calls * 1e6)
+"""
 
 
 def log(message: str) -> None:
@@ -70,6 +92,9 @@ def one_round(calls: int, changes: int) -> dict[str, float]:
         out["Allocate throughput, 4 threads"] = made / elapsed
         pushes = scenarios.list_updates(session, changes)  # ms
         out["ListAndWatch push p50"] = measure.percentile(pushes, 0.5) * 1e3
+    command = [sys.executable, "-c", _ROUND_TRIP, str(calls)]
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, check=True)
+    out["in-process unary round trip CPU"] = float(done.stdout)
     return out
 
 
@@ -92,8 +117,9 @@ def report(results: Rounds, header: list[str]) -> str:
     old, new = results["old"], results["new"]
     lines = header + [
         "",
-        f"| figure | old (median of {len(old)}) | new (median of {len(new)}) | change | noise | verdict |",
-        "|---|---|---|---|---|---|",
+        f"| figure | old (median of {len(old)}) | new (median of {len(new)}) | change | noise "
+        "| new/old, paired by round | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for figure, (unit, higher_better) in FIGURES.items():
         a = [r[figure] for r in old]
@@ -103,8 +129,16 @@ def report(results: Rounds, header: list[str]) -> str:
         change = (mb - ma) / ma * 100
         worse = -change if higher_better else change
         verdict = "worse beyond noise" if worse > noise else ("better" if worse < -noise else "within noise")
+        # Each round ran both sides back to back, so their ratio cancels most of the drift.
+        ratios = sorted(y / x for x, y in zip(a, b))
+        quarter = len(ratios) // 4
+        paired = (
+            f"{statistics.median(ratios):.2f} "
+            f"(middle half {ratios[quarter]:.2f}-{ratios[len(ratios) - 1 - quarter]:.2f})"
+        )
         lines.append(
-            f"| {figure} ({unit}) | {ma:.1f} | {mb:.1f} | {change:+.1f}% | ±{noise:.0f}% | {verdict} |"
+            f"| {figure} ({unit}) | {ma:.1f} | {mb:.1f} | {change:+.1f}% | ±{noise:.0f}% | {paired} "
+            f"| {verdict} |"
         )
     return "\n".join(lines)
 

@@ -44,6 +44,16 @@ log = logging.getLogger("sdplite.wire")
 _SHUTTING_DOWN = "server is shutting down"
 
 
+# Enum members as module names: a class attribute of an Enum costs four times a global
+# lookup, and the call path tests the state about ten times per call.
+_RECEIVING, _RECEIVED, _SENDING, _ENDED = (
+    CallState.RECEIVING,
+    CallState.RECEIVED,
+    CallState.SENDING,
+    CallState.ENDED,
+)
+
+
 class Limits:
     """What a server connection advertises and enforces (see :class:`.server.Server`)."""
 
@@ -76,7 +86,7 @@ class ServerCall(H2Call):
     __slots__ = ("method", "decoder", "messages", "deadline", "context", "stream", "status")
 
     def __init__(self, stream_id: int, method: Optional[Method[Any]], max_receive: int) -> None:
-        super().__init__(stream_id, CallState.RECEIVING)
+        super().__init__(stream_id, _RECEIVING)
         self.method = method
         self.decoder = MessageDecoder(max_receive)
         self.messages: list[bytes] = []
@@ -186,7 +196,7 @@ class ServerProtocol(H2Protocol):
         call = ServerCall(sid, method, self.limits.max_receive_message)
         self.calls[sid] = call
         if event.stream_ended is not None:
-            call.state = CallState.RECEIVED
+            call.state = _RECEIVED
         refusal = self._refusal(request, method, path_text)
         if refusal is not None:
             self.finish(call, *refusal)
@@ -203,7 +213,7 @@ class ServerProtocol(H2Protocol):
         call.context = ServerContext(path_text, request.metadata, call.deadline)
         if method.streaming:
             call.stream = ResponseStream(call.context, latest_only=method.latest_only)
-        if call.state is CallState.RECEIVED:
+        if call.state is _RECEIVED:
             self._request_complete(call)
 
     def _refusal(
@@ -279,13 +289,13 @@ class ServerProtocol(H2Protocol):
             self.finish(call, StatusCode.UNIMPLEMENTED, "expected one request message, got more")
             return
         if event.stream_ended is not None:
-            call.state = CallState.RECEIVED
+            call.state = _RECEIVED
             self._request_complete(call)
 
     def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
         call = self.calls.get(event.stream_id)
-        if call is not None and call.state is CallState.RECEIVING:
-            call.state = CallState.RECEIVED
+        if call is not None and call.state is _RECEIVING:
+            call.state = _RECEIVED
             if call.context is not None:
                 self._request_complete(call)
 
@@ -318,13 +328,13 @@ class ServerProtocol(H2Protocol):
 
     def stream_message(self, call: ServerCall, message: Any) -> Outgoing:
         """One message of a stream, after the headers if they have not gone yet."""
-        headers = None if call.state is CallState.SENDING else OK_RESPONSE_HEADERS
+        headers = None if call.state is _SENDING else OK_RESPONSE_HEADERS
         return Outgoing(call, headers, payload_of(message))
 
     def stream_end(self, call: ServerCall, code: StatusCode, message: str) -> Optional[Outgoing]:
         """End a stream: an OK after messages goes in order behind them, through
         the window (returned to send); anything else ends the call at once."""
-        if code == StatusCode.OK and call.state is CallState.SENDING:
+        if code == StatusCode.OK and call.state is _SENDING:
             return Outgoing(call, trailers=OK_TRAILERS)
         self.finish(call, code, message)
         return None
@@ -341,7 +351,7 @@ class ServerProtocol(H2Protocol):
 
     def finish(self, call: ServerCall, code: StatusCode, message: str, http: int = 200) -> None:
         """End a call now with a status; no flow-control window is needed for headers."""
-        if call.state is not CallState.ENDED:
+        if call.state is not _ENDED:
             self._send_status(call, code, message, http)
             self._end(call, code, message, cancelled=False)
 
@@ -349,12 +359,12 @@ class ServerProtocol(H2Protocol):
         """Trailers, or Trailers-Only before any headers (docs/design.md, "Responses")."""
         status = _status_headers(code, message)
         try:
-            if call.state is CallState.SENDING:
+            if call.state is _SENDING:
                 self.h2.send_headers(call.stream_id, status, end_stream=True)
             else:
                 headers = [(b":status", str(http).encode("ascii")), OK_RESPONSE_HEADERS[1]]
                 self.h2.send_headers(call.stream_id, headers + status, end_stream=True)
-            if call.state is CallState.RECEIVING:
+            if call.state is _RECEIVING:
                 # Done before the request finished: free the stream (RFC 9113 8.1).
                 self.h2.reset_stream(call.stream_id, h2.errors.ErrorCodes.NO_ERROR)
         except Exception:  # the stream is already gone on the h2 side
@@ -371,9 +381,9 @@ class ServerProtocol(H2Protocol):
         reset, the deadline passed, the connection went). A stream's sender
         is woken either way (it must stop waiting for messages).
         """
-        if call.state is CallState.ENDED:
+        if call.state is _ENDED:
             return
-        call.state = CallState.ENDED
+        call.state = _ENDED
         call.status = (code, message)
         self.calls.pop(call.stream_id, None)
         if call.deadline is not None:
@@ -408,7 +418,7 @@ class ServerProtocol(H2Protocol):
     def expire(self, now: float) -> None:
         """Cancel the calls past their deadline, as grpc-go does (docs/design.md, "Deadlines")."""
         for call in [c for c in self.calls.values() if c.deadline is not None and c.deadline <= now]:
-            if call.state is CallState.SENDING:
+            if call.state is _SENDING:
                 # Mid-response: a status cannot follow a partial message.
                 self.reset(call, h2.errors.ErrorCodes.CANCEL)
             else:
