@@ -6,19 +6,20 @@ Four views, each written to ``<out>/profile-*.txt``:
 
 1. ``python -X importtime -c 'import sdplite'``, summed per top-level package.
 2. The server side of a unary Allocate, driven synchronously in this
-   process: the real ServerConnection, Server and DevicePlugin methods on
-   one end of a socketpair, a plain h2 client on the other, each call run
-   right here once its request is read (as the reader runs it, without the
-   watchdog). With no threads involved, the time per call is the CPU the
-   server path costs, and variants give the gain of some changes.
+   process: the real ServerProtocol and DevicePlugin methods, a plain h2
+   client, bytes handed across in memory (no socket, no thread), each call
+   run by ``run_call`` on a ``MemoryLink`` once its request is read, as the
+   reader runs it. The time per call is the CPU the server path costs
+   without the two system calls of the socket, and variants give the gain
+   of some changes.
 3. A ListAndWatch push: ``DeviceState.set_health`` for 64, 10k and 70k
    devices (the part before the bytes reach the stream).
 4. The real plugin process: each thread's CPU per operation from /proc
    (all three stacks), then ``plugins/sdplite_plugin.py --profile`` with
    every thread under cProfile on CPU time, start-up subtracted.
-It reaches into sdplite internals (``ServerConnection``, ``Server.pool``,
-``DeviceState``) read-only; if those change, this script needs adjusting,
-the benchmark does not.
+It uses the wire's seam for this (``ServerProtocol``, ``run_call``,
+``MemoryLink``) and ``DeviceState``; if those change, this script needs
+adjusting, the benchmark does not.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import importlib
 import io
 import os
 import pstats
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,8 +51,8 @@ from sdplite.devices import Device
 from sdplite.service import DeviceState, device_plugin_methods
 from sdplite.wire.framing import encode_message
 from sdplite.wire.handlers import ServerContext
-from sdplite.wire.server import Server
-from sdplite.wire.server_connection import ServerCall, ServerConnection
+from sdplite.wire.server_connection import MemoryLink, run_call
+from sdplite.wire.server_protocol import ServerCall, ServerProtocol
 
 ALLOCATE = "/v1beta1.DevicePlugin/Allocate"
 #: What a grpcio client sends with each call (grpc-go's kubelet sends much the same).
@@ -142,88 +142,56 @@ def import_profile() -> str:
 # -- 2. the server side of Allocate ---------------------------------------------------
 
 
-class InlinePool:
-    """Stands in for the WorkerPool: keeps the task, run by the driver once the h2 lock is free."""
-
-    def __init__(self) -> None:
-        self.tasks: list[Callable[[], None]] = []
-
-    def submit(self, task: Callable[[], None]) -> bool:
-        self.tasks.append(task)
-        return True
-
-    def close(self, timeout: float = 0.0) -> None:
-        pass
-
-
 class SyncServer:
-    """One sdplite server connection driven call by call from this thread."""
+    """One sdplite server connection's call handling, driven call by call from this thread."""
 
     def __init__(self, impl: Any, devices: list[Device]) -> None:
         state = DeviceState("bench.example.com/dev")
         state.publish(devices)
         methods = device_plugin_methods(impl, state, lambda ctx: None)
-        self.directory = tempfile.mkdtemp(prefix="sdpb-prof-")
-        # handoff_after=None: each call goes to the pool, which here runs it in this thread.
-        self.server = Server(os.path.join(self.directory, "unused.sock"), methods, handoff_after=None)
-        self.server.pool.close()
-        self.server.pool = InlinePool()  # type: ignore[assignment]
-        self.pool: InlinePool = self.server.pool  # type: ignore[assignment]
-        self.client_sock, server_sock = socket.socketpair()
-        self.conn = ServerConnection(server_sock, self.server, 1)
-        self.conn.start_reader = lambda name: None  # type: ignore[method-assign]
-        self.conn.start()
+        self.protocol = ServerProtocol({m.path: m for m in methods})
+        self.link = MemoryLink(self.protocol)
+        self.protocol.start()
         self.client = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
         self.client.initiate_connection()
-        self.client_sock.sendall(self.client.data_to_send())
+        self.to_server = self.client.data_to_send()
         self.server_seconds = 0.0
         self.server_step(None)
         self.client_step()
 
     def server_step(self, profiler: cProfile.Profile | None) -> None:
-        raw = self.conn.sock.recv(1 << 20)
+        raw, self.to_server = self.to_server, b""
         started = time.perf_counter()
         if profiler:
             profiler.enable()
-        with self.conn.lock:
-            events = self.conn.h2.receive_data(raw)
-            self.conn._dispatch(events)
-        self.conn.flush()
-        tasks, self.pool.tasks = self.pool.tasks, []
-        for task in tasks:
-            task()
+        for call in self.protocol.receive(raw):
+            run_call(self.link, call)
+        self.to_client = self.protocol.data_to_send()
         if profiler:
             profiler.disable()
         self.server_seconds += time.perf_counter() - started
 
     def client_step(self) -> bytes:
         body = b""
-        done = False
-        while not done:
-            self.client_sock.settimeout(2.0)
-            for event in self.client.receive_data(self.client_sock.recv(1 << 20)):
-                if isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    self.client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif isinstance(event, (h2.events.StreamEnded, h2.events.SettingsAcknowledged)):
-                    done = True
-            self.client_sock.sendall(self.client.data_to_send())
+        for event in self.client.receive_data(self.to_client):
+            if isinstance(event, h2.events.DataReceived):
+                body += event.data
+                self.client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.to_server += self.client.data_to_send()
         return body
 
     def call(self, payload: bytes, profiler: cProfile.Profile | None = None) -> bytes:
         sid = self.client.get_next_available_stream_id()
         self.client.send_headers(sid, REQUEST_HEADERS)
         self.client.send_data(sid, encode_message(payload), end_stream=True)
-        self.client_sock.sendall(self.client.data_to_send())
+        self.to_server += self.client.data_to_send()
         self.server_step(profiler)
         return self.client_step()
 
     def close(self) -> None:
-        self.client_sock.close()
-        self.conn.sock.close()
-        os.rmdir(self.directory)
+        self.protocol.lose("benchmark done")
 
 
 class ProtoDevices:

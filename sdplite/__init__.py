@@ -4,14 +4,13 @@
 >>> build("example.com/superdisk", "superdisk.sock", get_devices).run()  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from .devices import Allocation, Device, DeviceListError, DeviceNode, Mount
 from .impl import DevicePluginImpl, Watch
 from .lifecycle import PluginError
 from .naming import InvalidNameError
 from .plugin import DEFAULT_PLUGIN_DIR, DevicePlugin, build
 from .supervisor import run
+from .version import VERSION as __version__
 from .wire import GrpcError, StatusCode
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import grpc
 from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
-from sdplite.wire import Channel, GrpcError, Server, StatusCode, server_streaming, unary
+from sdplite.wire import Channel, GrpcError, Method, Server, StatusCode, server_streaming, unary
 
 ECHO = "/test.Echo/Echo"
 FAIL = "/test.Echo/Fail"
@@ -81,6 +81,14 @@ def _parse_fail(text: str) -> tuple[StatusCode, str]:
 
 
 def serve_sdplite(path: str, hub: Hub, **options: Any) -> Server:
+    server = Server(path, sdplite_methods(hub), **options)
+    server.start()
+    return server
+
+
+def sdplite_methods(hub: Hub) -> list[Method[Any]]:
+    """The test service's methods, for a Server or a bare ServerProtocol."""
+
     def echo(request: BytesValue, context: Any) -> BytesValue:
         return request
 
@@ -115,19 +123,13 @@ def serve_sdplite(path: str, hub: Hub, **options: Any) -> Server:
         if stream.context.cancelled():
             hub.event(hub.cancelled, name).set()
 
-    server = Server(
-        path,
-        [
-            unary(ECHO, echo, BytesValue),
-            unary(FAIL, fail, StringValue),
-            unary(RAISE, raise_, StringValue),
-            unary(HANG, hang, StringValue),
-            server_streaming(WATCH, watch, StringValue),
-        ],
-        **options,
-    )
-    server.start()
-    return server
+    return [
+        unary(ECHO, echo, BytesValue),
+        unary(FAIL, fail, StringValue),
+        unary(RAISE, raise_, StringValue),
+        unary(HANG, hang, StringValue),
+        server_streaming(WATCH, watch, StringValue),
+    ]
 
 
 class GrpcioServer:

@@ -1,7 +1,10 @@
 """A hand-driven HTTP/2 client for protocol tests: we choose every frame it sends.
 
 Used where grpcio cannot be made to misbehave: compressed flags, garbage
-protobuf, tiny windows, resets at odd moments.
+protobuf, tiny windows, resets at odd moments. Two kinds with one interface:
+:class:`RawClient` talks to a live server over its Unix socket;
+:class:`MemoryClient` talks to a :class:`~sdplite.wire.server_protocol.ServerProtocol`
+in this thread, bytes handed over by hand: no socket, no thread.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+
+from sdplite.wire.handlers import Method
+from sdplite.wire.server_connection import MemoryLink, run_call
+from sdplite.wire.server_protocol import Limits, ServerCall, ServerProtocol
 
 
 def grpc_frame(payload: bytes, compressed: bool = False) -> bytes:
@@ -34,19 +41,12 @@ def request_headers(path: str, **extra: str) -> list[tuple[str, str]]:
     return headers + [(k.replace("_", "-"), v) for k, v in extra.items()]
 
 
-class RawClient:
-    def __init__(self, path: str, settings: Optional[dict[int, int]] = None, preface: bool = True) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.sock.connect(path)
-                break
-            except BlockingIOError:  # the listen backlog is full (a storm of connections)
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+class TestClient:
+    """What both kinds share: an h2 client whose every frame the test chooses."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, settings: Optional[dict[int, int]] = None, preface: bool = True) -> None:
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
@@ -57,6 +57,13 @@ class RawClient:
             self.h2.initiate_connection()
             self.flush()
 
+    def send_bytes(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def receive_bytes(self) -> bytes:
+        """The next bytes from the server; b"" once it has closed the connection."""
+        raise NotImplementedError
+
     def ignore_stream_limit(self) -> None:
         """Behave like a client that ignores the server's MAX_CONCURRENT_STREAMS."""
         self.read_until(lambda e: isinstance(e, h2.events.RemoteSettingsChanged))
@@ -65,10 +72,10 @@ class RawClient:
     def flush(self) -> None:
         data = self.h2.data_to_send()
         if data:
-            self.sock.sendall(data)
+            self.send_bytes(data)
 
     def read_once(self) -> list[Any]:
-        data = self.sock.recv(65536)
+        data = self.receive_bytes()
         if not data:
             raise ConnectionError("server closed the connection")
         events = self.h2.receive_data(data)
@@ -121,4 +128,71 @@ class RawClient:
         return int(found["grpc-status"]), found.get("grpc-message", "")
 
     def close(self) -> None:
+        pass
+
+
+class RawClient(TestClient):
+    """A client on a live server's Unix socket."""
+
+    def __init__(self, path: str, settings: Optional[dict[int, int]] = None, preface: bool = True) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except BlockingIOError:  # the listen backlog is full (a storm of connections)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        super().__init__(settings, preface)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive_bytes(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def close(self) -> None:
         self.sock.close()
+
+
+class MemoryClient(TestClient):
+    """A client of a ServerProtocol driven in this thread: feed bytes, read bytes.
+
+    The server runs each unary call it decides to run at once, in this
+    thread, as its reader would; server-streaming calls are kept in
+    ``streams`` for the test to drive (their handlers block).
+    """
+
+    def __init__(
+        self,
+        methods: list[Method[Any]],
+        limits: Optional[Limits] = None,
+        settings: Optional[dict[int, int]] = None,
+        preface: bool = True,
+    ) -> None:
+        self.server = ServerProtocol({m.path: m for m in methods}, limits)
+        self.link = MemoryLink(self.server)
+        self.streams: list[ServerCall] = []
+        self.server.start()
+        self._pending = self.server.data_to_send()
+        super().__init__(settings, preface)
+
+    def send_bytes(self, data: bytes) -> None:
+        for call in self.server.receive(data):
+            if call.unary:
+                run_call(self.link, call)
+            else:
+                self.streams.append(call)
+        self._pending += self.server.data_to_send()
+
+    def receive_bytes(self) -> bytes:
+        data, self._pending = self._pending, b""
+        if not data and not self.server.closed:
+            raise AssertionError("the server has nothing to send: it waits for the client")
+        return data
+
+    def close(self) -> None:
+        self.server.lose("connection closed by the test")

@@ -1,9 +1,13 @@
 """Hostile and broken peers: the offender is refused precisely, everyone else keeps being served.
 
 Generated cases (hypothesis) throw random bytes, random frames, broken HPACK
-and broken gRPC framing at a live server; hand-written cases pin down each
-HTTP/2 rule. After each group, the server still answers a normal call on a
-fresh connection and its threads and fds are back to their baseline.
+and broken gRPC framing at the server; hand-written cases pin down each
+HTTP/2 rule. Random frames, broken framing and protobuf garbage go to the
+server's call handling in memory (bytes in, bytes out, no socket, no thread:
+a bug there raises straight into the test); random bytes and broken HPACK go
+to a live server. After each group, the live server still answers a normal
+call on a fresh connection and its threads and fds are back to their
+baseline.
 
 Example counts scale with SDPLITE_FUZZ_SCALE (default 1: about 3,300
 generated cases; the long run in docs/reliability.md uses 20).
@@ -26,10 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdplite.wire import Channel, GrpcError, Server, StatusCode
+from sdplite.wire.server_protocol import Limits
 
 from conftest import fd_count, thread_count, wait_until
-from echo_service import ECHO, WATCH, Hub, serve_sdplite
-from raw_h2 import RawClient, grpc_frame, request_headers
+from echo_service import ECHO, WATCH, Hub, sdplite_methods, serve_sdplite
+from raw_h2 import MemoryClient, RawClient, grpc_frame, request_headers
 
 SCALE = int(os.environ.get("SDPLITE_FUZZ_SCALE", "1"))
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -80,6 +85,23 @@ class Target:
             lambda: thread_count() <= self.threads and fd_count() <= self.fds,
             what=f"threads {thread_count()}->{self.threads}, fds {fd_count()}->{self.fds}",
         )
+
+
+#: The live Target's limits, for the server's call handling in memory.
+LIMITS = Limits(max_concurrent_streams=10)
+
+
+def memory_client(preface: bool = True) -> MemoryClient:
+    return MemoryClient(sdplite_methods(Hub()), LIMITS, preface=preface)
+
+
+def memory_blast(data: bytes) -> bytes:
+    """What the server's call handling answers to ``data`` before the peer hangs up."""
+    client = memory_client(preface=False)
+    client.send_bytes(data)
+    reply = client.receive_bytes()
+    client.close()
+    return reply
 
 
 @pytest.fixture
@@ -141,14 +163,12 @@ def test_random_bytes_instead_of_a_preface(target: Target, data: bytes) -> None:
         max_size=6,
     )
 )
-def test_random_frames_after_a_valid_preface(
-    target: Target, frames: list[tuple[int, int, int, bytes]]
-) -> None:
-    """Random frame types, flags, stream IDs and payloads never hurt the server."""
+def test_random_frames_after_a_valid_preface(frames: list[tuple[int, int, int, bytes]]) -> None:
+    """Random frame types, flags, stream IDs and payloads never hurt the server (in memory)."""
     data = PREFACE + settings_frame()
     for kind, flags, stream, payload in frames:
         data += len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-    reply = target.blast(data)
+    reply = memory_blast(data)
     assert frames_in(reply)[0][0] == 0x4, "SETTINGS must come first"
 
 
@@ -173,9 +193,9 @@ def test_invalid_hpack_is_a_compression_or_protocol_error(target: Target, block:
 
 @FUZZ
 @given(prefix=st.binary(min_size=5, max_size=5), body=st.binary(max_size=64))
-def test_bad_grpc_framing_gets_a_status_on_that_stream(target: Target, prefix: bytes, body: bytes) -> None:
+def test_bad_grpc_framing_gets_a_status_on_that_stream(prefix: bytes, body: bytes) -> None:
     """Wrong lengths, compressed flags, garbage bodies: a gRPC status ends the stream, not the connection."""
-    client = RawClient(target.path)
+    client = memory_client()
     try:
         sid = client.call(ECHO, prefix + body, end=True)
         code, _ = client.status(sid)
@@ -193,8 +213,8 @@ def test_bad_grpc_framing_gets_a_status_on_that_stream(target: Target, prefix: b
 
 @FUZZ
 @given(garbage=st.binary(max_size=256))
-def test_protobuf_garbage_is_internal_or_parses(target: Target, garbage: bytes) -> None:
-    client = RawClient(target.path)
+def test_protobuf_garbage_is_internal_or_parses(garbage: bytes) -> None:
+    client = memory_client()
     try:
         code, message = client.status(client.call(ECHO, grpc_frame(garbage)))
         try:

@@ -2,9 +2,11 @@
 
 h2's own inbound validation is off; sdplite.wire.header_checks does it. Each
 case here sends one malformed request (or a malformed response, to our
-client) over a real socket, expects RST_STREAM(PROTOCOL_ERROR) on that
-stream alone (RFC 9113 8.1.1: a stream error, not a connection error), and
-then a normal call on the same connection.
+client), expects RST_STREAM(PROTOCOL_ERROR) on that stream alone (RFC 9113
+8.1.1: a stream error, not a connection error), and then a normal call on the
+same connection. The request tables run in memory against the server's call
+handling (bytes in, bytes out, no socket, no thread); a sample of them, and
+every short table, also runs over a live server's socket.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import h2.config
 import h2.connection
@@ -22,11 +24,11 @@ import h2.events
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 
-from sdplite.wire import Channel, GrpcError, Server, StatusCode
+from sdplite.wire import Channel, GrpcError, StatusCode
 from sdplite.wire.header_checks import MalformedHeaders, check_response, check_trailers, parse_request
 
-from echo_service import ECHO, Hub, serve_sdplite
-from raw_h2 import RawClient, grpc_frame
+from echo_service import ECHO, Hub, sdplite_methods, serve_sdplite
+from raw_h2 import MemoryClient, RawClient, TestClient, grpc_frame
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -98,22 +100,43 @@ MALFORMED_REQUESTS = {
 
 
 @pytest.fixture
-def served(sock_dir: str) -> Iterator[tuple[str, Server]]:
+def socket_client(sock_dir: str) -> Iterator[Callable[[], TestClient]]:
+    """connect() opens a raw client on a live server."""
     path = os.path.join(sock_dir, "m.sock")
     server = serve_sdplite(path, Hub())
-    yield path, server
+    clients: list[TestClient] = []
+
+    def connect() -> TestClient:
+        clients.append(raw_client(RawClient(path)))
+        return clients[-1]
+
+    yield connect
+    for client in clients:
+        client.close()
     server.stop(0)
 
 
-def raw_client(path: str) -> RawClient:
-    """A RawClient whose h2 sends header lists exactly as given."""
-    client = RawClient(path)
+def memory_client() -> TestClient:
+    """A raw client of the server's call handling alone: no socket, no thread."""
+    return raw_client(MemoryClient(sdplite_methods(Hub())))
+
+
+@pytest.fixture(params=["memory", "socket"])
+def connect(request: Any) -> Callable[[], TestClient]:
+    """Either kind of client; each case runs with both."""
+    if request.param == "memory":
+        return memory_client
+    return request.getfixturevalue("socket_client")  # type: ignore[no-any-return]
+
+
+def raw_client(client: TestClient) -> TestClient:
+    """A client whose h2 sends header lists exactly as given."""
     client.h2.config.validate_outbound_headers = False
     client.h2.config.normalize_outbound_headers = False
     return client
 
 
-def send(client: RawClient, headers: Headers, body: bytes = b"", trailers: Any = None) -> int:
+def send(client: TestClient, headers: Headers, body: bytes = b"", trailers: Any = None) -> int:
     sid = client.h2.get_next_available_stream_id()
     client.h2.send_headers(sid, headers)
     client.h2.send_data(sid, grpc_frame(body), end_stream=trailers is None)
@@ -123,7 +146,7 @@ def send(client: RawClient, headers: Headers, body: bytes = b"", trailers: Any =
     return sid
 
 
-def response(client: RawClient, sid: int) -> dict[str, str]:
+def response(client: TestClient, sid: int) -> dict[str, str]:
     """Every header and trailer of a stream's answer, or {"reset": error code}."""
     found: dict[str, str] = {}
 
@@ -141,23 +164,43 @@ def response(client: RawClient, sid: int) -> dict[str, str]:
     return found
 
 
-def assert_connection_serves(client: RawClient) -> None:
+def assert_connection_serves(client: TestClient) -> None:
     sid = send(client, GOOD, BytesValue(value=b"next").SerializeToString())
     assert response(client, sid)["grpc-status"] == "0"
     assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in client.events)
 
 
-@pytest.mark.parametrize("headers", MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys())
-def test_a_malformed_request_is_reset_with_protocol_error_and_the_connection_goes_on(
-    served: Any, headers: Headers
-) -> None:
-    client = raw_client(served[0])
+def assert_reset_alone(client: TestClient, headers: Headers) -> None:
     try:
         sid = send(client, headers)
         assert response(client, sid) == {"reset": str(h2.errors.ErrorCodes.PROTOCOL_ERROR.value)}
         assert_connection_serves(client)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("headers", MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys())
+def test_a_malformed_request_is_reset_with_protocol_error_and_the_connection_goes_on(
+    headers: Headers,
+) -> None:
+    assert_reset_alone(memory_client(), headers)
+
+
+#: One case from each rule group, over a live server's socket too.
+SOCKET_SAMPLE = [
+    "an upper-case name",
+    "a LF in a value",
+    "connection",
+    "a duplicate :path",
+    "two host fields",
+]
+
+
+@pytest.mark.parametrize("case", SOCKET_SAMPLE)
+def test_a_malformed_request_on_a_live_server_is_reset_and_the_connection_goes_on(
+    socket_client: Callable[[], TestClient], case: str
+) -> None:
+    assert_reset_alone(socket_client(), MALFORMED_REQUESTS[case])
 
 
 MALFORMED_TRAILERS = {
@@ -169,8 +212,8 @@ MALFORMED_TRAILERS = {
 
 
 @pytest.mark.parametrize("trailers", MALFORMED_TRAILERS.values(), ids=MALFORMED_TRAILERS.keys())
-def test_malformed_request_trailers_reset_the_stream(served: Any, trailers: Headers) -> None:
-    client = raw_client(served[0])
+def test_malformed_request_trailers_reset_the_stream(connect: Any, trailers: Headers) -> None:
+    client = connect()
     try:
         sid = send(client, GOOD, trailers=trailers)
         assert response(client, sid) == {"reset": str(h2.errors.ErrorCodes.PROTOCOL_ERROR.value)}
@@ -190,8 +233,8 @@ WELL_FORMED_REQUESTS = {
 
 
 @pytest.mark.parametrize("headers", WELL_FORMED_REQUESTS.values(), ids=WELL_FORMED_REQUESTS.keys())
-def test_well_formed_requests_are_served(served: Any, headers: Headers) -> None:
-    client = raw_client(served[0])
+def test_well_formed_requests_are_served(connect: Any, headers: Headers) -> None:
+    client = connect()
     try:
         sid = send(client, headers, BytesValue(value=b"x").SerializeToString())
         assert response(client, sid)["grpc-status"] == "0"
@@ -199,8 +242,8 @@ def test_well_formed_requests_are_served(served: Any, headers: Headers) -> None:
         client.close()
 
 
-def test_well_formed_request_trailers_are_accepted(served: Any) -> None:
-    client = raw_client(served[0])
+def test_well_formed_request_trailers_are_accepted(connect: Any) -> None:
+    client = connect()
     try:
         sid = send(client, GOOD, BytesValue(value=b"x").SerializeToString(), trailers=[(b"x-trailer", b"v")])
         assert response(client, sid)["grpc-status"] == "0"
@@ -208,9 +251,9 @@ def test_well_formed_request_trailers_are_accepted(served: Any) -> None:
         client.close()
 
 
-def test_a_request_without_authority_or_host_is_400_internal(served: Any) -> None:
+def test_a_request_without_authority_or_host_is_400_internal(connect: Any) -> None:
     """Well-formed HTTP/2, but HTTP wants an authority: answered as grpc-go answers it."""
-    client = raw_client(served[0])
+    client = connect()
     try:
         got = response(client, send(client, good_without(b":authority")))
         assert (got[":status"], got["grpc-status"]) == ("400", str(int(StatusCode.INTERNAL)))
@@ -219,8 +262,8 @@ def test_a_request_without_authority_or_host_is_400_internal(served: Any) -> Non
         client.close()
 
 
-def test_a_well_formed_connect_is_refused_as_a_wrong_method(served: Any) -> None:
-    client = raw_client(served[0])
+def test_a_well_formed_connect_is_refused_as_a_wrong_method(connect: Any) -> None:
+    client = connect()
     try:
         got = response(client, send(client, [(b":method", b"CONNECT"), AUTHORITY]))
         assert (got[":status"], got["grpc-status"]) == ("405", str(int(StatusCode.INTERNAL)))

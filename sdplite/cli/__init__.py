@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from .. import __version__
+from ..version import VERSION
 from . import demo, health, inspect, kubelet, serve
 
 __all__ = ["main", "plain"]
@@ -18,7 +18,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="sdplite",
         description="Kubernetes device plugins in Python, without grpcio: try, serve and inspect them.",
     )
-    parser.add_argument("--version", action="version", version=f"sdplite {__version__}")
+    parser.add_argument("--version", action="version", version=f"sdplite {VERSION}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (demo, kubelet, serve, inspect, health):
         module.add_parser(commands)

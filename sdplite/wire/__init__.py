@@ -1,8 +1,10 @@
 """gRPC over HTTP/2 on Unix sockets, built on h2. Knows nothing about devices.
 
 The pieces: :mod:`.status` (codes, the error type, header text),
-:mod:`.framing` (length-prefixed messages), :mod:`.connection` (one h2
-connection and its locks), :mod:`.server` and :mod:`.client`.
+:mod:`.framing` (length-prefixed messages), :mod:`.h2_protocol` and
+:mod:`.server_protocol` (call handling, no I/O), :mod:`.connection` (the
+socket, the lock, the reading role), :mod:`.server` and :mod:`.client`.
+docs/design.md, "Connections", says which may import which.
 """
 
 from .client import Channel, StreamingCall

@@ -19,9 +19,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from .. import __version__
-from .connection import H2Stream, StreamGone, Transport, error_name
+from ..version import VERSION
+from .connection import Connection
 from .framing import DEFAULT_MAX_MESSAGE, MessageDecoder, encode_message
+from .h2_protocol import CallState, H2Call, H2Protocol, Outgoing, StreamGone, error_name
 from .header_checks import MalformedHeaders, check_response, check_trailers
 from .status import (
     GrpcError,
@@ -32,19 +33,19 @@ from .status import (
     status_for_reset,
 )
 
-__all__ = ["Channel", "StreamingCall"]
+__all__ = ["Channel", "ClientProtocol", "StreamingCall"]
 
 T = TypeVar("T")
 
-_USER_AGENT = f"grpc-python-sdplite/{__version__}".encode("ascii")
+_USER_AGENT = f"grpc-python-sdplite/{VERSION}".encode("ascii")
 _END = object()
 
 
-class ClientCall(H2Stream):
+class ClientCall(H2Call):
     __slots__ = ("decoder", "messages", "done", "code", "message", "deadline", "http_status")
 
     def __init__(self, stream_id: int, max_receive: int, deadline: Optional[float]) -> None:
-        super().__init__(stream_id)
+        super().__init__(stream_id, CallState.SENDING)  # our headers go out at once
         self.decoder = MessageDecoder(max_receive)
         #: Payloads and finally _END, in arrival order.
         self.messages: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -60,14 +61,17 @@ class ClientCall(H2Stream):
         return GrpcError(self.code, self.message)
 
 
-class _ClientConnection(Transport):
-    def __init__(self, sock: socket.socket, name: str) -> None:
-        super().__init__(sock, client_side=True, name=name)
+class ClientProtocol(H2Protocol):
+    """The client side of one connection: response events in, call outcomes out; no I/O."""
+
+    def __init__(self) -> None:
+        super().__init__(client_side=True)
         self.calls: dict[int, ClientCall] = {}
+        #: Set once the server's SETTINGS arrived (or the connection is gone).
         self.ready = threading.Event()
 
-    def _settle(self, call: ClientCall, code: StatusCode, message: str) -> None:
-        """Record the final status of a call and wake its waiter (lock held)."""
+    def settle(self, call: ClientCall, code: StatusCode, message: str) -> None:
+        """Record the final status of a call and wake its waiter: the one ending."""
         if call.code is None:
             if (
                 code == StatusCode.CANCELLED
@@ -77,11 +81,25 @@ class _ClientConnection(Transport):
                 code, message = StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
             call.code = code
             call.message = message
-        call.closed = True
+        call.state = CallState.ENDED
         self.calls.pop(call.stream_id, None)
         call.messages.put(_END)
         call.done.set()
-        self.cond.notify_all()
+
+    def cancel(self, call: ClientCall, code: StatusCode, message: str) -> None:
+        """Give up on a call: settle it and RST_STREAM(CANCEL)."""
+        if not call.done.is_set():
+            self.settle(call, code, message)
+            self.reset(call, h2.errors.ErrorCodes.CANCEL)
+
+    def on_events(self, events: list[Any]) -> list[Any]:
+        for event in events:
+            handler = self._handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.lose(f"peer sent GOAWAY ({error_name(event.error_code)})")
+        return []
 
     def _on_headers(self, event: Any) -> None:
         call = self.calls.get(event.stream_id)
@@ -95,7 +113,7 @@ class _ClientConnection(Transport):
                 check_trailers(event.headers)
         except MalformedHeaders as exc:
             # A stream error (RFC 9113 8.1.1): this call fails, the connection stays.
-            self._settle(call, StatusCode.INTERNAL, f"malformed response headers: {exc}")
+            self.settle(call, StatusCode.INTERNAL, f"malformed response headers: {exc}")
             self.reset(call, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
         status: Optional[bytes] = None
@@ -113,7 +131,7 @@ class _ClientConnection(Transport):
         if response and not content_type.startswith(b"application/grpc"):
             if status is None:
                 code = status_for_http(call.http_status) if call.http_status != 200 else StatusCode.UNKNOWN
-                self._settle(
+                self.settle(
                     call,
                     code,
                     f"unexpected HTTP status {call.http_status} / content-type {content_type!r}",
@@ -138,7 +156,7 @@ class _ClientConnection(Transport):
             for payload in call.decoder.feed(event.data):
                 call.messages.put(payload)
         except GrpcError as exc:
-            self._settle(call, exc.code, exc.message)
+            self.settle(call, exc.code, exc.message)
             self.reset(call, h2.errors.ErrorCodes.CANCEL)
 
     def _on_ended(self, event: h2.events.StreamEnded) -> None:
@@ -147,23 +165,22 @@ class _ClientConnection(Transport):
             return
         if call.code is None:
             code = status_for_http(call.http_status) if call.http_status != 200 else StatusCode.UNKNOWN
-            self._settle(call, code, "stream ended without grpc-status")
+            self.settle(call, code, "stream ended without grpc-status")
         elif call.decoder.pending and call.code == StatusCode.OK:
-            self._settle(call, StatusCode.INTERNAL, "stream ended in the middle of a message")
+            self.settle(call, StatusCode.INTERNAL, "stream ended in the middle of a message")
         else:
-            self._settle(call, call.code, call.message)
+            self.settle(call, call.code, call.message)
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
         call = self.calls.get(event.stream_id)
         if call is not None:
             code = status_for_reset(event.error_code)
-            self._settle(call, code, f"stream reset by the server ({error_name(event.error_code)})")
+            self.settle(call, code, f"stream reset by the server ({error_name(event.error_code)})")
 
     def _on_settings(self, event: Any) -> None:
         self.ready.set()
-        self.cond.notify_all()
 
-    _event_handlers = {
+    _handlers: dict[type, Callable[[Any, Any], None]] = {
         h2.events.ResponseReceived: _on_headers,
         h2.events.TrailersReceived: _on_headers,
         h2.events.DataReceived: _on_data,
@@ -172,10 +189,17 @@ class _ClientConnection(Transport):
         h2.events.RemoteSettingsChanged: _on_settings,
     }
 
+    def stream_gone(self, call: H2Call) -> None:
+        assert isinstance(call, ClientCall)
+        self.settle(call, StatusCode.UNAVAILABLE, f"stream {call.stream_id} closed")
+
     def on_lost(self, reason: str) -> None:
         for call in list(self.calls.values()):
-            self._settle(call, StatusCode.UNAVAILABLE, reason)
+            self.settle(call, StatusCode.UNAVAILABLE, reason)
         self.ready.set()
+
+    def has_free_stream(self) -> bool:
+        return self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
 
 
 class Channel:
@@ -205,13 +229,12 @@ class Channel:
         except OSError as exc:
             sock.close()
             raise GrpcError(StatusCode.UNAVAILABLE, f"cannot connect to {path}: {exc}") from None
-        self._conn = _ClientConnection(sock, name=path)
-        with self._conn.lock:
-            self._conn.h2.initiate_connection()
-        self._conn.flush()
-        self._conn.start_reader(f"sdplite-client-{path}")
-        if not self._conn.ready.wait(max(0.0, deadline - time.monotonic())) or self._conn.closed:
-            reason = self._conn.close_reason or "no SETTINGS frame from the server in time"
+        self._protocol = protocol = ClientProtocol()
+        self._conn = Connection(sock, protocol, name=path)
+        self._conn.locked(protocol.h2.initiate_connection)
+        self._conn.start_reading(f"sdplite-client-{path}")
+        if not protocol.ready.wait(max(0.0, deadline - time.monotonic())) or protocol.closed:
+            reason = protocol.close_reason or "no SETTINGS frame from the server in time"
             self.close()
             raise GrpcError(StatusCode.UNAVAILABLE, f"cannot connect to {path}: {reason}")
 
@@ -253,38 +276,30 @@ class Channel:
         ]
         headers += [(k.lower().encode("ascii"), v.encode("ascii")) for k, v in metadata]
         conn = self._conn
+        protocol = self._protocol
         with conn.lock:
             # Stream IDs must go out in order: allocate and send under one lock.
-            while (
-                not conn.closed
-                and conn.h2.open_outbound_streams >= conn.h2.remote_settings.max_concurrent_streams
-            ):
+            while not protocol.closed and not protocol.has_free_stream():
                 if not conn.cond.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
                     raise GrpcError(
                         StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for a free stream"
                     )
-            if conn.closed:
-                raise GrpcError(StatusCode.UNAVAILABLE, conn.close_reason or "channel closed")
-            call = ClientCall(conn.h2.get_next_available_stream_id(), self.max_receive_message, deadline)
+            if protocol.closed:
+                raise GrpcError(StatusCode.UNAVAILABLE, protocol.close_reason or "channel closed")
+            call = ClientCall(protocol.h2.get_next_available_stream_id(), self.max_receive_message, deadline)
             try:
-                conn.h2.send_headers(call.stream_id, headers)
+                protocol.h2.send_headers(call.stream_id, headers)
             except h2.exceptions.ProtocolError as exc:
                 raise GrpcError(StatusCode.UNAVAILABLE, f"cannot start call: {exc}") from None
-            call.headers_sent = True
-            conn.calls[call.stream_id] = call
+            protocol.calls[call.stream_id] = call
         try:
-            conn.write(call, data=encode_message(payload), end_stream=True)
+            conn.write(Outgoing(call, data=encode_message(payload), end_stream=True))
         except StreamGone:
             pass  # the status explains why, once the call settles
         return call
 
     def _cancel(self, call: ClientCall, code: StatusCode, message: str) -> None:
-        conn = self._conn
-        with conn.lock:
-            if not call.done.is_set():
-                conn._settle(call, code, message)
-                conn.reset(call, h2.errors.ErrorCodes.CANCEL)
-        conn.flush()
+        self._conn.locked(self._protocol.cancel, call, code, message)
 
     def unary(
         self,

@@ -1,20 +1,32 @@
-"""One HTTP/2 connection: a socket, its H2Connection, and the locks around them.
+"""One HTTP/2 connection's I/O: the socket, the lock, the reading role and the watchdog.
 
-h2 does no I/O; this module is the thin layer that does. One reader thread
-per connection feeds received bytes to h2 and dispatches the events (the
-server and client say what each event means). Any thread may send: every h2
-call happens under one lock, and the bytes h2 produces are written by
-whichever thread is already writing (a combining writer), so a thread never
-holds the h2 lock while it blocks in ``sendall``.
+The protocol object (:mod:`.h2_protocol` and its server and client kinds)
+decides everything and does no I/O; a :class:`Connection` feeds it the bytes
+it reads, writes the bytes it queues, and runs the calls it says are ready.
 
-Flow control (GRPC-H2.md 1.9): a sender waits on a condition of the h2 lock,
-which releases it, and the reader wakes every waiter on WINDOW_UPDATE, on a
-SETTINGS change (it resizes every stream window) and on stream or connection
-loss.
+**Locking.** Every protocol call happens under one lock. The bytes it
+queues are written by whichever thread is already writing (a combining
+writer), so no thread holds the lock while it blocks in ``sendall``. A
+sender out of flow-control window waits on a condition of the lock; every
+flush ends with a wake-up, so a WINDOW_UPDATE, a SETTINGS change or the end
+of a stream or connection wakes it (docs/design.md, "Flow control").
 
-Reading is a role, not a thread: the thread that reads may change (see
-:mod:`.reader_calls`). Whichever reader meets the end of the connection
-closes the socket.
+**The reading role** (docs/design.md, "The reader and the watchdog"), in
+this module only:
+
+- exactly one thread reads at a time; the role, not a thread, is what
+  :attr:`Connection._reader` names;
+- the reader runs the unary calls of each batch it reads itself, one after
+  another, before it reads again: handing a small call to a worker costs two
+  thread switches, more than h2's whole work for it;
+- while it runs them a watchdog (on a worker) looks every ``handoff_after``
+  seconds; if one call has run that long, the watchdog takes the role, hands
+  the calls still waiting to workers and reads on. The thread of the slow
+  call finds it no longer reads when the call returns, and leaves. With no
+  calls to run the watchdog stands down at its next look;
+- whoever meets the end of the connection (EOF, an error, a local close)
+  cleans up: it ends every call, drops the calls still queued for the
+  reader, closes the socket and reports the connection closed.
 """
 
 from __future__ import annotations
@@ -24,101 +36,87 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
+from .h2_protocol import H2Protocol, Outgoing, StreamGone
 
-from .h2_fixes import new_connection
-
-__all__ = ["H2Stream", "StreamGone", "Transport", "Headers", "error_name"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("sdplite.wire")
 
-Headers = Sequence["tuple[bytes, bytes]"]
-
 _READ_SIZE = 256 * 1024
 
-
-class StreamGone(Exception):
-    """The stream or its connection is closed: nothing more can be sent on it."""
-
-
-class H2Stream:
-    """What the transport needs to know of one stream; server and client extend it."""
-
-    __slots__ = ("stream_id", "closed", "headers_sent")
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-        #: Set (under the transport lock) once nothing more may be sent.
-        self.closed = False
-        #: Set (under the lock) once our HEADERS went out; a second must be trailers.
-        self.headers_sent = False
+#: ``run_call(connection, call)``: run one call to its end; must not raise.
+RunCall = Callable[["Connection", Any], None]
+#: ``submit(task)``: run ``task`` on another thread; False if none is free.
+Submit = Callable[[Callable[[], None]], bool]
 
 
-def make_config(client_side: bool) -> h2.config.H2Configuration:
-    """h2 settings shared by both ends.
+class Connection:
+    """Owns one socket and drives one :class:`~.h2_protocol.H2Protocol` over it.
 
-    Headers stay bytes (no decoding per call), and outbound header
-    validation is off: we only ever send header lists built by this package,
-    already lower-case with pseudo-headers first (GRPC-H2.md 2.4).
-    Inbound validation and normalisation are off too: the peer is not
-    trusted, but :mod:`.header_checks` does the checks that matter in one
-    pass, for a fraction of h2's cost, and a failure resets only the stream.
+    ``run_call`` and ``submit`` are given by a server (a client runs no
+    calls); ``handoff_after`` is how long the reader may spend in one call
+    before the watchdog takes reading over (None: every call goes to
+    ``submit``). ``on_closed(connection)`` is called once the socket is
+    closed.
     """
-    return h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-        validate_inbound_headers=False,
-        normalize_inbound_headers=False,
-    )
 
-
-class Transport:
-    """Owns one socket and its :class:`h2.connection.H2Connection`."""
-
-    def __init__(self, sock: socket.socket, client_side: bool, name: str) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: H2Protocol,
+        name: str,
+        *,
+        run_call: Optional[RunCall] = None,
+        submit: Optional[Submit] = None,
+        handoff_after: Optional[float] = None,
+        on_closed: Optional[Callable[[Connection], None]] = None,
+    ) -> None:
         self.sock = sock
+        self.protocol = protocol
         self.name = name
-        self.h2 = new_connection(make_config(client_side))
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        #: True once the connection can carry nothing more; guarded by ``lock``.
-        self.closed = False
-        self.close_reason = ""
+        self._run_call = run_call
+        self._submit = submit
+        self.handoff_after = handoff_after if run_call is not None and submit is not None else None
+        self._on_closed = on_closed
         self._writing = False
-        # The reading role (see the module docstring), all guarded by ``lock``:
-        self._reading = False  # a reader was started
-        self._reader_ident: Optional[int] = None  # the thread that reads now
-        self._read_done = False  # the last reader has closed the socket
+        # The reading role, all guarded by ``lock``:
+        self._started = False  # a reader was started
+        self._reader: Optional[int] = None  # the thread that reads now
+        self._read_done = False  # whoever met the end has closed the socket
+        self._ready: list[Any] = []  # calls the reader will run, in order
+        self._running_since: Optional[float] = None  # when the reader began its current call
+        self._runs = 0  # calls begun by readers so far: the watchdog's sign of activity
+        self._watchdog = False  # a watchdog is armed
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection can carry nothing more."""
+        return self.protocol.closed
 
     # -- writing -------------------------------------------------------------
 
     def flush(self, timeout: Optional[float] = None) -> None:
-        """Write whatever h2 has queued, unless another thread already is.
+        """Write whatever the protocol has queued, unless another thread already is.
 
-        The active writer loops until h2 has nothing left, checking under the
+        The active writer loops until nothing is left, checking under the
         lock, so bytes queued by a thread that returns early are never
-        stranded. With a ``timeout``, a peer that does not read within it
-        loses the connection (a stop must not wait on it for ever).
+        stranded; it wakes every waiter when it stops. With a ``timeout``, a
+        peer that does not read within it loses the connection (a stop must
+        not wait on it for ever).
         """
         with self.lock:
             if self._writing:
                 return
             self._writing = True
-        data = b""
         end = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
                 with self.lock:
-                    data = self.h2.data_to_send()
+                    data = self.protocol.data_to_send()
                     if not data:
                         self._writing = False
                         self.cond.notify_all()
@@ -130,8 +128,8 @@ class Transport:
         except OSError as exc:
             with self.lock:
                 self._writing = False
+                self.protocol.lose(f"write failed: {exc}")
                 self.cond.notify_all()
-                self._lose(f"write failed: {exc}")
             self._wake_reader()
 
     def _send_until(self, data: bytes, end: float) -> None:
@@ -147,149 +145,183 @@ class Transport:
             if left <= 0 or not select.select([], [self.sock], [], left)[1]:
                 raise OSError("the peer has not read what we sent in time")
 
-    def write(
-        self,
-        stream: H2Stream,
-        headers: Optional[Headers] = None,
-        data: bytes = b"",
-        trailers: Optional[Headers] = None,
-        end_stream: bool = False,
-    ) -> None:
-        """Send headers, then data within the flow-control windows, then trailers.
+    def write(self, out: Outgoing) -> None:
+        """Send ``out`` whole, waiting (without the lock) while the peer's windows are exhausted.
 
-        ``end_stream`` closes our side after the data when no trailers are
-        given. Blocks while the peer's windows are exhausted, without holding
-        the lock. Raises :class:`StreamGone` if the stream or connection ends
-        first; whatever was sent before that stays sent.
+        Raises :class:`~.h2_protocol.StreamGone` if the stream or the
+        connection ends first.
         """
-        h2conn = self.h2
-        sid = stream.stream_id
-        total = len(data)
-        offset = 0
-        ended = False  # END_STREAM has gone out
-        done = False
-        while not done:
-            with self.lock:
-                try:
-                    while True:
-                        if stream.closed or self.closed:
-                            raise StreamGone(self.close_reason or "stream closed")
-                        if headers is not None:
-                            ended = end_stream and total == 0 and trailers is None
-                            h2conn.send_headers(sid, headers, end_stream=ended)
-                            stream.headers_sent = True
-                            headers = None
-                        if offset < total:
-                            window = min(
-                                h2conn.local_flow_control_window(sid),
-                                h2conn.max_outbound_frame_size,
-                            )
-                            if window <= 0:
-                                break
-                            n = min(window, total - offset)
-                            chunk = data if n == total else data[offset : offset + n]
-                            offset += n
-                            ended = end_stream and offset == total and trailers is None
-                            h2conn.send_data(sid, chunk, end_stream=ended)
-                            continue
-                        if trailers is not None:
-                            h2conn.send_headers(sid, trailers, end_stream=True)
-                        elif end_stream and not ended:
-                            h2conn.end_stream(sid)
-                        done = True
-                        break
-                except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError) as exc:
-                    stream.closed = True
-                    raise StreamGone(f"stream {sid} closed") from exc
-                except h2.exceptions.ProtocolError as exc:
-                    self._lose(f"h2 refused to send: {exc}")
-                    raise StreamGone(self.close_reason) from exc
-            self.flush()
-            if not done:
+        while True:
+            try:
                 with self.lock:
-                    self.cond.wait_for(lambda: self._can_send(stream))
+                    done = self.protocol.send(out)
+            except StreamGone:
+                if self.protocol.closed:
+                    self._wake_reader()
+                raise
+            self.flush()
+            if done:
+                return
+            self._wait_for_window(out)
 
-    def _can_send(self, stream: H2Stream) -> bool:
-        if stream.closed or self.closed:
-            return True
-        try:
-            return self.h2.local_flow_control_window(stream.stream_id) > 0
-        except h2.exceptions.StreamClosedError:
-            return True
-
-    def reset(self, stream: H2Stream, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
-        """Reset a stream (caller holds the lock); a no-op if it is already gone."""
-        stream.closed = True
-        if self.closed:
-            return
-        try:
-            self.h2.reset_stream(stream.stream_id, error_code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
-        self.cond.notify_all()
-
-    # -- reading -------------------------------------------------------------
-
-    def start_reader(self, name: str) -> None:
+    def _wait_for_window(self, out: Outgoing) -> None:
         with self.lock:
-            self._reading = True
-        threading.Thread(target=self._first_reader, name=name, daemon=True).start()
+            self.cond.wait_for(lambda: self.protocol.can_send(out.call))
+
+    def locked(self, action: Callable[..., Any], *args: Any) -> Any:
+        """``action(*args)`` under the lock, then flush what it queued; returns its result."""
+        with self.lock:
+            result = action(*args)
+        self.flush()
+        return result
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: Optional[float]) -> bool:
+        """Wait until ``predicate()`` (checked under the lock) holds; False on timeout."""
+        with self.lock:
+            return self.cond.wait_for(predicate, timeout)
+
+    # -- the reading role ------------------------------------------------------
+
+    def start_reading(self, thread_name: str) -> None:
+        """Start the first reader thread."""
+        with self.lock:
+            self._started = True
+        threading.Thread(target=self._first_reader, name=thread_name, daemon=True).start()
 
     def _first_reader(self) -> None:
         with self.lock:
-            self._reader_ident = threading.get_ident()
+            self._reader = threading.get_ident()
         self._read_loop()
 
     def _read_loop(self) -> None:
-        """Read until the connection ends, or until another thread takes the role over."""
+        """Read until the end of the connection, or until another thread takes reading over."""
         me = threading.get_ident()
-        handed_over = False
         reason = "connection closed by peer"
         try:
             while True:
-                with self.lock:  # calls end on other threads meanwhile
-                    timeout = self.poll_timeout()
-                if timeout is not None:
-                    ready = select.select([self.sock], [], [], max(timeout, 0.0))[0]
-                    if not ready:
-                        with self.lock:
-                            self.on_timer()
-                        self.flush()
-                        continue
+                if not self._wait_readable():
+                    continue
                 data = self.sock.recv(_READ_SIZE)
                 if not data:
                     break
                 with self.lock:
-                    if self.closed:
-                        reason = self.close_reason
-                        break
-                    try:
-                        events = self.h2.receive_data(data)
-                    except h2.exceptions.ProtocolError as exc:
-                        # h2 queued a GOAWAY naming the error; send it, then drop.
-                        reason = f"protocol error from peer: {exc}"
-                        events = None
-                    if events:
-                        self._dispatch(events)
+                    ready = self.protocol.receive(data)
+                    if ready:
+                        self._take(ready)
                 self.flush()
-                if events is None or self.closed:
-                    reason = self.close_reason or reason
+                if self.protocol.closed:
+                    reason = self.protocol.close_reason
                     break
-                if not self.after_read(me):
-                    handed_over = True  # another thread reads now and will close the socket
-                    return
+                if self._ready and not self._run_ready(me):
+                    return  # another thread reads now, and will meet the end
         except OSError as exc:
             reason = f"connection lost: {exc}"
-        except Exception:  # a bug in an event handler: drop the connection, keep the process
+        except Exception:  # a bug in the protocol: drop the connection, keep the process
             log.exception("%s: unexpected error in the reader", self.name)
             reason = "internal error in the connection reader"
-        finally:
-            if not handed_over:
-                self._close_socket(reason)
+        self._end_of_connection(reason)
 
-    def _close_socket(self, reason: str) -> None:
+    def _wait_readable(self) -> bool:
+        """True when the socket may be read; False after the protocol's clock has run."""
         with self.lock:
-            self._lose(reason)
+            deadline = self.protocol.next_deadline()
+        if deadline is None:
+            return True
+        timeout = max(deadline - time.monotonic(), 0.0)
+        if select.select([self.sock], [], [], timeout)[0]:
+            return True
+        with self.lock:
+            self.protocol.expire(time.monotonic())
+        self.flush()
+        return False
+
+    def _take(self, ready: list[Any]) -> None:
+        """Decide where each ready call runs (lock held): unary on the reader, the rest on workers."""
+        for call in ready:
+            if call.unary and self._queue_on_reader(call):
+                continue
+            self._hand_off(call)
+
+    def _queue_on_reader(self, call: Any) -> bool:
+        if self.handoff_after is None:
+            return False
+        if not self._watchdog:
+            assert self._submit is not None
+            if not self._submit(self._watch):
+                return False
+            self._watchdog = True
+        self._ready.append(call)
+        return True
+
+    def _hand_off(self, call: Any) -> None:
+        """Run a call on a worker (lock held); refuse it if there is none."""
+        run_call = self._run_call
+        if run_call is None or self._submit is None or not self._submit(lambda: run_call(self, call)):
+            self.protocol.busy(call)
+
+    def _run_ready(self, me: int) -> bool:
+        """Run the calls queued for the reader; False if ``me`` no longer reads."""
+        run_call = self._run_call
+        assert run_call is not None
+        while True:
+            with self.lock:
+                if self._reader != me:
+                    return False
+                if not self._ready:
+                    return True
+                call = self._ready.pop(0)
+                if call.ended:  # cancelled while it waited
+                    continue
+                self._running_since = time.monotonic()
+                self._runs += 1
+            try:
+                run_call(self, call)
+            finally:
+                with self.lock:
+                    if self._reader == me:  # else the clock is the new reader's
+                        self._running_since = None
+
+    def _watch(self) -> None:
+        """The watchdog: take reading over from a reader stuck in a call, or stand down."""
+        period = self.handoff_after
+        assert period is not None
+        seen = -1
+        while True:
+            with self.lock:
+                since = self._running_since
+                now = time.monotonic()
+                if since is not None and now - since >= period:
+                    self._take_over()
+                    break
+                if since is None and (self.protocol.closed or (not self._ready and self._runs == seen)):
+                    # Nothing running, and nothing waiting or begun since the last look
+                    # (or the connection is over): stand down. A call queued later arms
+                    # a new watchdog.
+                    self._watchdog = False
+                    return
+                seen = self._runs
+                wait = period if since is None else since + period - now
+            time.sleep(wait)
+        self.flush()
+        log.debug("%s: a call ran over %.3f s on the reader; this thread reads now", self.name, period)
+        self._read_loop()
+
+    def _take_over(self) -> None:
+        """Make this thread the reader; the calls still waiting go to workers (lock held)."""
+        self._reader = threading.get_ident()
+        self._running_since = None
+        self._watchdog = False
+        waiting, self._ready = self._ready, []
+        for call in waiting:
+            if not call.ended:
+                self._hand_off(call)
+
+    def _end_of_connection(self, reason: str) -> None:
+        """Whoever meets the end cleans up: end every call, drop the queue, close the socket."""
+        with self.lock:
+            self.protocol.lose(reason)
+            self._ready.clear()  # ended by lose(); no reader will run them
+            self.cond.notify_all()
             self.cond.wait_for(lambda: not self._writing, timeout=5.0)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -299,31 +331,10 @@ class Transport:
         with self.lock:
             self._read_done = True
             self.cond.notify_all()
-        self.on_closed()
+        if self._on_closed is not None:
+            self._on_closed(self)
 
-    def _dispatch(self, events: list[Any]) -> None:
-        """Route h2 events (lock held)."""
-        for event in events:
-            handler = self._event_handlers.get(type(event))
-            if handler is not None:
-                handler(self, event)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._lose(f"peer sent GOAWAY ({error_name(event.error_code)})")
-            elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-                self.cond.notify_all()
-
-    #: Subclasses map event types to ``handler(transport, event)`` (lock held);
-    #: GOAWAY and window changes are handled here unless they do.
-    _event_handlers: dict[type, Callable[[Any, Any], None]] = {}
-
-    def _lose(self, reason: str) -> None:
-        """Mark the connection dead and cancel every stream (lock held)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = reason
-        self.on_lost(reason)
-        self.cond.notify_all()
+    # -- closing from outside --------------------------------------------------
 
     def _wake_reader(self) -> None:
         try:
@@ -334,60 +345,31 @@ class Transport:
     def close(self, graceful: bool = True, timeout: float = 2.0) -> None:
         """Send GOAWAY (if graceful, for up to ``timeout`` s), then drop the connection.
 
-        The reader thread notices, cancels what is left and closes the socket.
-        A peer that does not read cannot hold this up beyond ``timeout``.
+        The reader notices, ends what is left and closes the socket (or this
+        thread does, if no reader was ever started). A peer that does not
+        read cannot hold this up beyond ``timeout``.
         """
-        with self.lock:
-            if graceful and not self.closed:
-                try:
-                    self.h2.close_connection()
-                except h2.exceptions.ProtocolError:
-                    pass
         if graceful:
+            with self.lock:
+                self.protocol.close_connection()
             # Another thread may be mid-write (say, a stream's trailers): let
             # it finish before the socket is shut, then send what is left.
             end = time.monotonic() + timeout
             self.flush(timeout)
-            with self.lock:
-                self.cond.wait_for(lambda: not self._writing, max(0.0, end - time.monotonic()))
+            self.wait_until(lambda: not self._writing, max(0.0, end - time.monotonic()))
             self.flush(max(0.0, end - time.monotonic()))
         with self.lock:
-            self._lose("connection closed locally")
-        self._wake_reader()
+            self.protocol.lose("connection closed locally")
+            self.cond.notify_all()
+            started = self._started
+        if started:
+            self._wake_reader()
+        else:
+            self._end_of_connection("connection closed locally")
 
-    def join(self, timeout: Optional[float] = None) -> None:
-        """Wait until the reader has closed the socket (at once if called by the reader)."""
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the socket is closed (at once if called by the reader); False on timeout."""
         with self.lock:
-            if not self._reading or self._reader_ident == threading.get_ident():
-                return
-            self.cond.wait_for(lambda: self._read_done, timeout)
-
-    # -- hooks for the server and client (called with the lock held) ----------
-
-    def poll_timeout(self) -> Optional[float]:
-        """Seconds until :meth:`on_timer` should run, or None for never (lock held)."""
-        return None
-
-    def on_timer(self) -> None:
-        """Called by the reader when :meth:`poll_timeout` has elapsed."""
-
-    def on_lost(self, reason: str) -> None:
-        """The connection is gone: cancel every stream."""
-
-    def on_closed(self) -> None:
-        """Called (without the lock) once the socket is closed."""
-
-    def after_read(self, reader: int) -> bool:
-        """Called (without the lock) after each batch of events is dispatched and flushed.
-
-        Returns False if thread ``reader`` is no longer the reader and must
-        leave the connection alone.
-        """
-        return True
-
-
-def error_name(error_code: Optional[int]) -> str:
-    try:
-        return h2.errors.ErrorCodes(error_code or 0).name
-    except ValueError:
-        return f"error code {error_code}"
+            if not self._started or self._reader == threading.get_ident():
+                return True
+            return self.cond.wait_for(lambda: self._read_done, timeout)

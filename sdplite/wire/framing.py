@@ -1,4 +1,4 @@
-"""gRPC length-prefixed message framing (GRPC-H2.md section 1.4).
+"""gRPC length-prefixed message framing (docs/design.md, "Messages").
 
 Each message is one flag byte (compressed or not), a 4-byte big-endian length
 and the payload. DATA frame boundaries have nothing to do with message

@@ -18,7 +18,7 @@ tests/interop/spec.py (run against grpc-go) pins 4.
    moves to CLOSED on GOAWAY and raises on anything but another GOAWAY
    (h2#1199), so grpc-go's GracefulStop, a GOAWAY then a PING, looked like a
    protocol error: the GOAWAY event was lost and a GOAWAY(PROTOCOL_ERROR)
-   went back. The connection is ending either way (GRPC-H2.md 1.10).
+   went back. The connection is ending either way (docs/design.md, "GOAWAY").
 
 :func:`new_connection` also installs the HPACK shortcuts of
 :mod:`.hpack_shortcuts`.

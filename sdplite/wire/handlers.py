@@ -24,6 +24,9 @@ __all__ = [
     "ServerContext",
     "ResponseStream",
     "Method",
+    "End",
+    "CANCELLED",
+    "status_of",
     "unary",
     "server_streaming",
 ]
@@ -107,7 +110,9 @@ class ServerContext:
                 log.exception("done callback failed")
 
 
-class _End:
+class End:
+    """Put on a stream's queue by :meth:`ResponseStream.end`: the status to finish with."""
+
     __slots__ = ("code", "message")
 
     def __init__(self, code: StatusCode, message: str) -> None:
@@ -145,7 +150,7 @@ class ResponseStream:
         """Finish the stream with a status once the queued messages are sent."""
         if not self._ended:
             self._ended = True
-            self.queue.put(_End(StatusCode(code), message))
+            self.queue.put(End(StatusCode(code), message))
 
     @property
     def ended(self) -> bool:
@@ -158,7 +163,7 @@ class ResponseStream:
     def next_item(self) -> Any:
         """The next message, an end marker or CANCELLED (blocks)."""
         item = self.queue.get()
-        if not self.latest_only or item is CANCELLED or isinstance(item, _End):
+        if not self.latest_only or item is CANCELLED or isinstance(item, End):
             return item
         # Skip to the newest message, but never past an end or a cancel.
         while True:
@@ -166,7 +171,7 @@ class ResponseStream:
                 nxt = self.queue.get_nowait()
             except queue.Empty:
                 return item
-            if nxt is CANCELLED or isinstance(nxt, _End):
+            if nxt is CANCELLED or isinstance(nxt, End):
                 # Put the control item back behind the newest message.
                 self._pushback(nxt)
                 return item

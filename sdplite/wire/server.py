@@ -22,8 +22,8 @@ from ..logtext import Repeats, cut
 from .framing import DEFAULT_MAX_MESSAGE
 from .handlers import Method
 from .server_connection import ServerConnection
+from .server_protocol import Limits
 from .shutdown import Shutdown
-from .status import StatusCode
 from .workers import WorkerPool
 
 __all__ = ["Server", "MAX_UNIX_PATH"]
@@ -222,7 +222,15 @@ class Server:
                 sock.close()
                 return False
             self._count += 1
-            conn = ServerConnection(sock, self, self._count)
+            conn = ServerConnection(
+                sock,
+                self.methods,
+                self._limits(),
+                f"{self.path}#{self._count}",
+                submit=self.pool.submit,
+                handoff_after=self.handoff_after,
+                on_closed=self._forget,
+            )
             self._connections.add(conn)
         try:
             conn.start()
@@ -259,7 +267,17 @@ class Server:
             exc,
         )
 
-    def _connection_closed(self, conn: ServerConnection) -> None:
+    def _limits(self) -> Limits:
+        return Limits(
+            max_receive_message=self.max_receive_message,
+            max_concurrent_streams=self.max_concurrent_streams,
+            max_header_list_size=self.max_header_list_size,
+            stream_window=self.stream_window,
+            connection_window=self.connection_window,
+        )
+
+    def _forget(self, conn: ServerConnection) -> None:
+        """A connection's socket is closed (called by whoever met its end)."""
         with self._lock:
             self._connections.discard(conn)
             self._idle.notify_all()
@@ -286,12 +304,9 @@ class Server:
         listener = self._listener
         if first and listener is not None:
             self._close_listener(listener)
-        # End the open streams with a status the client can read.
+        # Refuse new calls; end the open streams with a status the client can read.
         for conn in connections:
-            with conn.lock:
-                for call in list(conn.calls.values()):
-                    if call.stream is not None and not call.stream.ended:
-                        call.stream.end(StatusCode.UNAVAILABLE, "server is shutting down")
+            conn.drain()
         # Calls get the grace; saying GOAWAY and closing, a moment more.
         for conn in connections:
             conn.wait_idle(shutdown.remaining(reserve))

@@ -1,8 +1,9 @@
 """gRPC status codes, the one error type, and the text headers that carry them.
 
-Everything here is pure: no sockets, no h2. The rules come from the gRPC
-protocol documents (PROTOCOL-HTTP2.md, statuscodes.md) as summarised in
-GRPC-H2.md sections 1.2, 1.5 and 1.6.
+Everything here is pure: no sockets, no h2. The rules come from gRPC's
+doc/PROTOCOL-HTTP2.md and doc/statuscodes.md and grpc-go's
+internal/transport/http_util.go, as docs/design.md ("What the wire relies
+on") summarises them.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ from sdplite import Device, DeviceNode, Mount, PluginError, build
 from sdplite.api import deviceplugin_pb2 as pb
 from sdplite.api import paths
 from sdplite.wire import Channel, GrpcError, StatusCode
-from sdplite.wire.connection import Transport
-from sdplite.wire.server_connection import ServerConnection
+from sdplite.wire.client import ClientProtocol
+from sdplite.wire.h2_protocol import CallState
+from sdplite.wire.server_protocol import ServerProtocol
 
 from .peers import KubeletPeer, PluginPeer, check, digest
 
@@ -91,19 +92,23 @@ class WindowChange:
 def window_changes(monkeypatch: pytest.MonkeyPatch) -> list[WindowChange]:
     """Every INITIAL_WINDOW_SIZE a peer announces to our transport (observed, not altered)."""
     seen: list[WindowChange] = []
-    dispatch = Transport._dispatch
 
-    def probe(conn: Any, events: list[Any]) -> None:
-        for event in events:
-            if isinstance(event, h2.events.RemoteSettingsChanged):
-                change = event.changed_settings.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)
-                if change is not None:
-                    side = "server" if isinstance(conn, ServerConnection) else "client"
-                    busy = sum(1 for c in conn.calls.values() if c.headers_sent and not c.closed)
-                    seen.append(WindowChange(side, change.original_value, change.new_value, busy))
-        dispatch(conn, events)
+    def probe_for(cls: Any, side: str) -> None:
+        on_events = cls.on_events
 
-    monkeypatch.setattr(Transport, "_dispatch", probe)
+        def probe(protocol: Any, events: list[Any]) -> Any:
+            for event in events:
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    change = event.changed_settings.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)
+                    if change is not None:
+                        busy = sum(1 for c in protocol.calls.values() if c.state is CallState.SENDING)
+                        seen.append(WindowChange(side, change.original_value, change.new_value, busy))
+            return on_events(protocol, events)
+
+        monkeypatch.setattr(cls, "on_events", probe)
+
+    probe_for(ServerProtocol, "server")
+    probe_for(ClientProtocol, "client")
     return seen
 
 
