@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
+from .files import write_atomic
+
 if TYPE_CHECKING:
     from .lifecycle import Controller
 
@@ -51,10 +53,7 @@ class StatusFile:
         os.makedirs(directory, exist_ok=True)
         import json  # here, not at the top: only a process with a status file needs it
 
-        fd, tmp = _create_temp(directory, ".sdplite-status-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(document).encode())
         self._last, self._written = plugins, now
 
     def remove(self) -> None:
@@ -62,18 +61,6 @@ class StatusFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-
-def _create_temp(directory: str, prefix: str) -> tuple[int, str]:
-    """A new file (mode 0600, opened for writing) with a random name: ``tempfile.mkstemp``'s job,
-    without importing tempfile (and shutil, random, ...) into every plugin process."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        path = os.path.join(directory, prefix + os.urandom(6).hex())
-        try:
-            return os.open(path, flags, 0o600), path
-        except FileExistsError:
-            continue
 
 
 def check_status(path: str, max_age: float = 3 * HEARTBEAT) -> tuple[bool, str]:

@@ -20,6 +20,7 @@ NOT_AT_IMPORT = [
     "sdplite.podresources",
     "sdplite.api.podresources_pb2",
     "sdplite.testing",
+    "sdplite.cdi",  # only with cdi=True
 ]
 
 
