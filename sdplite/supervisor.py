@@ -78,6 +78,8 @@ class Supervisor:
     def run(self) -> None:
         """Serve until :meth:`stop`; raise :class:`PluginError` if a plugin cannot run."""
         try:
+            for plugin in self.plugins:
+                plugin.start_features()
             while not self._stop.is_set():
                 now = time.monotonic()
                 wake_at = min(c.step(now) for c in self.controllers)
@@ -92,6 +94,8 @@ class Supervisor:
             for controller in self.controllers:
                 controller.shutdown(shutdown)
             shutdown.report(log, "stop")
+            for plugin in self.plugins:
+                plugin.stop_features()
             if self._status is not None:
                 self._status.remove()
             self._close()
