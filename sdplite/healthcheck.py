@@ -121,11 +121,15 @@ class HealthCheck:
                 log.exception("health check round failed")
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
-    def run_once(self) -> None:
-        """One round: check every device (in parallel), wait up to ``timeout``, judge."""
-        state = self._state
+    def run_once(self, state: Optional[DeviceState] = None) -> None:
+        """One round: check every device (in parallel), wait up to ``timeout``, judge.
+
+        ``state`` defaults to the one given to :meth:`start`; pass it to run
+        rounds by hand (tests, or a plugin that schedules checks itself).
+        """
+        state = state or self._state
         if state is None:
-            raise RuntimeError("start() the health check first")
+            raise RuntimeError("give run_once() a DeviceState, or start() the health check first")
         devices = {d.id: d for d in state.physical_devices}
         gone = [i for i in self._tracks if i not in devices]
         for device_id in gone:
@@ -170,7 +174,8 @@ class HealthCheck:
             track.passed += 1
             if track.unhealthy and track.passed >= self.successes:
                 track.unhealthy = False
-                state.hold(device_id, None, f"health check passed {track.passed} times in a row")
+                times = "1 time" if track.passed == 1 else f"{track.passed} times"
+                state.hold(device_id, None, f"health check passed {times} in a row")
             return
         track.passed = 0
         track.failed += 1

@@ -30,6 +30,8 @@ from sdplite.cdi import (
     write_spec,
 )
 
+from conftest import wait_until
+
 
 def char_device(path: str) -> tuple[str, int, int]:
     st = os.stat(path)
@@ -201,3 +203,82 @@ def test_a_reader_never_sees_a_partial_spec(cdi_dir: str) -> None:
         reader.join()
     assert not bad, f"a reader saw a half-written spec: {bad[0][:80]!r}"
     assert seen
+
+
+# -- a plugin with cdi=True ------------------------------------------------------------
+
+
+class Disks:
+    """Sends whatever list it is given, when it is given one."""
+
+    def __init__(self, devices: list[Device]) -> None:
+        self.devices = devices
+
+    def list_and_watch(self, watch: Any) -> None:
+        watch.send(self.devices)
+        watch.wait()
+
+
+def test_a_plugin_keeps_its_spec_current_and_allocate_names_resolve(
+    sock_dir: str, cdi_dir: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sdplite import DeviceListError, build
+    from sdplite.testing import KubeletEmulator
+
+    devices = disks(tmp_path)
+    with KubeletEmulator(sock_dir) as kubelet:
+        plugin = build(
+            "example.com/disk",
+            "disk.sock",
+            Disks(devices),
+            plugin_dir=sock_dir,
+            cdi=True,
+            cdi_dir=cdi_dir,
+            replicas=2,
+        )
+        spec_path = os.path.join(cdi_dir, "example.com-disk.json")
+        with plugin:
+            kubelet.wait_for_devices("example.com/disk", count=6)
+            assert [d["name"] for d in json.load(open(spec_path))["devices"]] == ["disk-0", "disk-1"]
+            answer = kubelet.allocate(
+                "example.com/disk", ["disk-1::0", "disk-0::1", "disk-0::0", "disk-2::1"]
+            )
+            names = [c.name for c in answer.container_responses[0].cdi_devices]
+            assert names == ["example.com/disk=disk-1", "example.com/disk=disk-0"], "physical, once, in order"
+            report = load(cdi_dir, names)
+            assert report["errors"] == {}
+            merged = expected_edits(Device("x", nodes=[*devices[1].nodes, *devices[0].nodes]))
+            both = oci_edits(report["injected"]["example.com/disk=disk-1"]["spec"])
+            assert both["devices"] == expected_edits(devices[1])["devices"]
+            assert merged["devices"] == sorted(
+                both["devices"] + oci_edits(report["injected"]["example.com/disk=disk-0"]["spec"])["devices"]
+            )
+            # The list changes: the spec follows before the kubelet sees the new device.
+            plugin.publish([*devices, Device("disk-3", nodes=[DeviceNode("/dev/null", "/dev/disk3")])])
+            kubelet.wait_for_devices("example.com/disk", count=8)
+            report = load(cdi_dir, ["example.com/disk=disk-3"])
+            assert report["versions"] == {spec_path: "0.5.0"}, "a renamed node needs hostPath"
+            assert (
+                oci_edits(report["injected"]["example.com/disk=disk-3"]["spec"])["devices"][0][0]
+                == "/dev/disk3"
+            )
+            # An ID CDI cannot name: the list is refused, the old one and its spec stay.
+            with pytest.raises(
+                DeviceListError, match="CDI is on: device ID 'disk/4' cannot be a CDI device name"
+            ):
+                plugin.publish([Device("disk/4", envs={"D": "4"})])
+            assert len(kubelet.resource("example.com/disk").devices) == 8
+            assert "disk-3" in open(spec_path).read()
+        assert not os.path.exists(spec_path), "a clean stop removes the spec"
+        with plugin:  # started again: the spec is back
+            kubelet.wait_for_registration("example.com/disk", count=2)
+            wait_until(lambda: os.path.exists(spec_path), what="the spec written again")
+        assert not os.path.exists(spec_path)
+
+
+def test_cdi_needs_a_resource_name_cdi_can_use(sock_dir: str) -> None:
+    from sdplite import build
+
+    # Kubernetes takes a domain that starts with a digit; CDI wants a letter.
+    with pytest.raises(ValueError, match="cdi=True: resource name '9disks.com/disk' cannot be a CDI kind"):
+        build("9disks.com/disk", "d.sock", lambda: [], plugin_dir=sock_dir, cdi=True)
