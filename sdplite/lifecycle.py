@@ -51,7 +51,10 @@ STREAM_LOSS_GRACE = 1.0
 #: How long a stop (or the stop half of a restart) waits for calls, streams
 #: and user code before it abandons what is left (see wire/shutdown.py).
 STOP_GRACE = 1.0
+# The two signs of a kubelet restart (it deletes the plugins' sockets, then
+# serves a new kubelet.sock), as restart reasons; the metrics count them.
 KUBELET_RESTARTED = "kubelet.sock was re-created (kubelet restart)"
+SOCKET_GONE = "was removed or replaced"
 
 
 class PluginError(RuntimeError):
@@ -215,7 +218,7 @@ class Controller:
         if server is None:
             return None, None
         if not server.owns_socket():
-            return f"our socket {server.path} was removed or replaced", None
+            return f"our socket {server.path} {SOCKET_GONE}", None
         if not self.registered.is_set() or self.plugin.registry_dir:
             return None, None  # the plugin watcher needs no restart handling
         current = _file_id(self.plugin.kubelet_socket)
@@ -233,8 +236,9 @@ class Controller:
     def _count_restart(self, reason: str) -> None:
         stats = self.plugin.state.stats
         if stats is not None:
-            stats.count("restarts", cause="kubelet" if reason == KUBELET_RESTARTED else "other")
-            if reason == KUBELET_RESTARTED:
+            kubelet = reason == KUBELET_RESTARTED or reason.endswith(SOCKET_GONE)
+            stats.count("restarts", cause="kubelet" if kubelet else "other")
+            if kubelet:
                 stats.count("kubelet_restarts")
 
     # -- serving -----------------------------------------------------------------

@@ -43,8 +43,12 @@ FAMILIES = (
     ("sdplite_allocations_total", "counter", "Allocate calls by result (granted, refused, failed)."),
     ("sdplite_allocate_duration_seconds", "histogram", "Time to answer an Allocate call."),
     ("sdplite_registrations_total", "counter", "Successful registrations with the kubelet."),
-    ("sdplite_restarts_total", "counter", "Server restarts, by cause."),
-    ("sdplite_kubelet_restarts_total", "counter", "Kubelet restarts seen (kubelet.sock re-created)."),
+    ("sdplite_restarts_total", "counter", "Server restarts, by cause (kubelet, other)."),
+    (
+        "sdplite_kubelet_restarts_total",
+        "counter",
+        "Kubelet restarts seen (our socket deleted or kubelet.sock re-created).",
+    ),
     ("sdplite_health_check_failures_total", "counter", "Failed health checks, by reason."),
     ("sdplite_errors_total", "counter", "Errors, by kind."),
 )
