@@ -166,17 +166,32 @@ def _pod_resources(args: argparse.Namespace) -> int:
     lines = [f"pods: {len(pods.pod_resources)}"]
     for pod in pods.pod_resources:
         for container in pod.containers:
+            where = f"{pod.namespace}/{pod.name}/{container.name}"
             for devices in container.devices:
-                lines.append(
-                    f"  {pod.namespace}/{pod.name}/{container.name}: {devices.resource_name} "
-                    f"{', '.join(devices.device_ids)}"
-                )
+                lines.append(f"  {where}: {devices.resource_name} {', '.join(devices.device_ids)}")
+            for claim in container.dynamic_resources:
+                lines += [
+                    f"  {where}: claim {claim.claim_namespace}/{claim.claim_name}: {_claim_text(resource)}"
+                    for resource in claim.claim_resources
+                ]
     lines.append("allocatable:")
     lines += [f"  {d.resource_name}: {', '.join(d.device_ids)}" for d in allocatable.devices]
     _emit(args, "pod_resources", pods, "\n".join(lines))
     if args.json:
         _emit(args, "allocatable", allocatable, "")
     return 0
+
+
+def _claim_text(resource: Any) -> str:
+    """One DRA device of a claim: driver, pool/device, the share (if shared), CDI names."""
+    parts = []
+    if resource.driver_name or resource.device_name:
+        parts.append(f"{resource.driver_name} {resource.pool_name}/{resource.device_name}")
+    if resource.HasField("share_id"):
+        parts.append(f"share {resource.share_id}")
+    if resource.cdi_devices:
+        parts.append("cdi " + ", ".join(c.name for c in resource.cdi_devices))
+    return " ".join(parts) or "(nothing)"
 
 
 def _status(args: argparse.Namespace) -> int:
