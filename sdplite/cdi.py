@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from .devices import Device, DeviceNode, Mount
+from .devices import Device, DeviceListError, DeviceNode, Mount
 from .files import write_atomic
 
 __all__ = [
@@ -54,8 +54,11 @@ _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
 _EARLIEST = "0.3.0"
 
 
-class CdiError(ValueError):
-    """Device data that cannot become a CDI spec; the message says what to change."""
+class CdiError(DeviceListError):
+    """Device data that cannot become a CDI spec; the message says what to change.
+
+    A :class:`~sdplite.devices.DeviceListError` (so a ``ValueError``): a plugin
+    with CDI on refuses such a list and keeps the last good one."""
 
 
 def kind_for(resource_name: str) -> str:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Optional
 
-from .cdi import CdiError, SpecFile
 from .devices import Device, DeviceListError
 from .logtext import cut
 
 if TYPE_CHECKING:
+    from .cdi import SpecFile
     from .healthcheck import HealthCheck
-    from .plugin import DevicePlugin
     from .service import DeviceState
+    from .wire.shutdown import Shutdown
 
 __all__ = ["CdiSpecFeature", "HealthCheckFeature", "setup"]
 
@@ -45,7 +45,7 @@ class CdiSpecFeature:
             if self.spec.update(devices):
                 name, path = self.state.resource_name, self.spec.path
                 log.info("%s: wrote CDI spec %s (%d devices)", name, path, len(devices))
-        except CdiError as exc:
+        except DeviceListError as exc:  # a CdiError: a device ID CDI cannot take as a name
             raise DeviceListError(f"CDI is on: {exc}") from None
         except OSError as exc:
             # The kubelet still gets the list; Allocate names devices a runtime cannot resolve yet.
@@ -60,7 +60,7 @@ class CdiSpecFeature:
         except DeviceListError as exc:
             log.error("%s: %s", self.state.resource_name, exc)
 
-    def stop(self) -> None:
+    def stop(self, shutdown: Optional[Shutdown] = None) -> None:
         if self.spec.remove():
             log.info("%s: removed CDI spec %s", self.state.resource_name, self.spec.path)
 
@@ -78,8 +78,8 @@ class HealthCheckFeature:
     def start(self) -> None:
         self.check.start(self.state)
 
-    def stop(self) -> None:
-        self.check.stop()
+    def stop(self, shutdown: Optional[Shutdown] = None) -> None:
+        self.check.stop(shutdown)
 
 
 def health_check_of(value: Any) -> Optional[HealthCheck]:
@@ -92,20 +92,23 @@ def health_check_of(value: Any) -> Optional[HealthCheck]:
 
 
 def setup(
-    plugin: DevicePlugin,
+    plugin: Any,
     cdi: bool,
     cdi_dir: Optional[str],
     health_check: Any,
     metrics_port: Optional[int],
     metrics_host: str,
 ) -> None:
-    """Turn on what ``build()`` was asked for; the order is the order they start in."""
+    """Turn on what ``build()`` was asked for on ``plugin`` (a DevicePlugin; typed
+    loosely, as this module stays below the plugin in the import order)."""
     state = plugin.state
     if metrics_port is not None:
         from .metrics import MetricsFeature
 
         plugin.features.append(MetricsFeature(plugin, metrics_port, metrics_host))
     if cdi:
+        from .cdi import CdiError, SpecFile
+
         try:
             spec = SpecFile(plugin.resource_name, cdi_dir)
         except CdiError as exc:

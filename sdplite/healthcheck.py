@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .devices import Device
 from .logtext import cut
+from .wire.shutdown import Shutdown
 
 if TYPE_CHECKING:
     from .service import DeviceState
@@ -51,7 +52,12 @@ class _Track:
         self.passed = 0
         self.unhealthy = False
         self.thread: Optional[threading.Thread] = None
-        self.outcome: Optional[tuple[Optional[str], str]] = None  # (reason or None if passed, kind)
+        #: (reason, or None if it passed; kind), set when the check returns.
+        self.outcome: Optional[tuple[Optional[str], str]] = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.outcome is None
 
 
 class HealthCheck:
@@ -82,6 +88,8 @@ class HealthCheck:
         self.successes = successes
         self._tracks: dict[str, _Track] = {}
         self._stop = threading.Event()
+        #: Notified when a check returns (and on stop).
+        self._done = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._state: Optional[DeviceState] = None
 
@@ -105,12 +113,24 @@ class HealthCheck:
         )
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop checking; waits for the running round (at most ``timeout``)."""
-        self._stop.set()
+    def stop(self, shutdown: Optional[Shutdown] = None) -> None:
+        """Stop checking: the round in progress ends at once, without a verdict.
+
+        Waits for our thread until ``shutdown``'s deadline (or 1 s); a check
+        still running is left on its daemon thread and named in ``shutdown``.
+        """
+        with self._done:
+            self._stop.set()
+            self._done.notify_all()
         thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(self.timeout + 1.0)
+        if shutdown is None:
+            if thread is not None:
+                thread.join(1.0)
+            return
+        shutdown.join(thread, "the health check")
+        for device_id, track in list(self._tracks.items()):
+            if track.running:
+                shutdown.abandon(f"the health check of {cut(device_id)}")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -143,28 +163,34 @@ class HealthCheck:
                 track.thread = thread = threading.Thread(target=self._check_one, args=(device, track))
                 thread.name, thread.daemon = f"sdplite-check-{device_id}", True
                 thread.start()
-        deadline = time.monotonic() + self.timeout
-        for device_id in devices:
-            running = self._tracks[device_id].thread
-            if running is not None:
-                running.join(max(0.0, deadline - time.monotonic()))
+        tracks = [self._tracks[i] for i in devices]
+
+        def finished() -> bool:
+            return self._stop.is_set() or not any(t.running for t in tracks)
+
+        with self._done:
+            self._done.wait_for(finished, self.timeout)
+        if self._stop.is_set():
+            return  # stopping: cut short, judge nothing
         for device_id in devices:
             self._judge(state, device_id, self._tracks[device_id])
 
     def _check_one(self, device: Device, track: _Track) -> None:
+        outcome: tuple[Optional[str], str]
         try:
             result = self.check(device)
         except Exception as exc:
             kind = type(exc).__name__
-            track.outcome = (f"{kind}: {exc}" if str(exc) else kind, kind)
+            outcome = (f"{kind}: {exc}" if str(exc) else kind, kind)
         else:
-            passed = result is not False
-            track.outcome = (None, "passed") if passed else ("check returned False", "returned_false")
+            outcome = (None, "passed") if result is not False else ("check returned False", "returned_false")
+        with self._done:
+            track.outcome = outcome
+            self._done.notify_all()
 
     def _judge(self, state: DeviceState, device_id: str, track: _Track) -> None:
-        thread = track.thread
         reason: Optional[str]
-        if thread is not None and thread.is_alive():
+        if track.running:
             reason, kind = f"check timed out after {self.timeout:g}s", "timeout"
         else:
             track.thread = None

@@ -21,11 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .health import judge, plugin_status
 from .logtext import cut
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from .wire.shutdown import Shutdown
 
 __all__ = ["MetricsFeature", "MetricsServer", "render", "CONTENT_TYPE"]
 
@@ -229,7 +232,7 @@ class MetricsFeature:
             server.join(self.plugin)
         self.server = server
 
-    def stop(self) -> None:
+    def stop(self, shutdown: Optional[Shutdown] = None) -> None:
         server, self.server = self.server, None
         if server is None:
             return

@@ -22,6 +22,7 @@ from .wire import Server
 
 if TYPE_CHECKING:
     from .replicas import Replicas
+    from .wire.shutdown import Shutdown
 
 __all__ = ["build", "DevicePlugin", "DEFAULT_PLUGIN_DIR"]
 
@@ -181,11 +182,12 @@ class DevicePlugin:
         for feature in self.features:
             feature.start()
 
-    def stop_features(self) -> None:
-        """Stop them again, last first (called once the plugin has stopped serving)."""
+    def stop_features(self, shutdown: Optional[Shutdown] = None) -> None:
+        """Stop them again, last first (called once the plugin has stopped serving);
+        what is still running at ``shutdown``'s deadline is named there."""
         for feature in reversed(self.features):
             try:
-                feature.stop()
+                feature.stop(shutdown)
             except Exception:
                 log.exception("%s: stopping %r failed", self.resource_name, feature)
 

@@ -93,9 +93,9 @@ class Supervisor:
             shutdown = Shutdown(STOP_GRACE)  # one deadline for every plugin
             for controller in self.controllers:
                 controller.shutdown(shutdown)
-            shutdown.report(log, "stop")
             for plugin in self.plugins:
-                plugin.stop_features()
+                plugin.stop_features(shutdown)
+            shutdown.report(log, "stop")
             if self._status is not None:
                 self._status.remove()
             self._close()

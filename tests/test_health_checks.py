@@ -224,3 +224,36 @@ def test_checks_run_on_their_own_thread_with_the_kubelet_and_recover(
             wait_until(lambda: "Unhealthy" not in inspect_status(status), what="recovery in the status file")
         assert not any(t.name.startswith("sdplite-health") for t in threading.enumerate())
     baseline()
+
+
+def test_stop_is_bounded_with_a_check_that_hangs(sock_dir: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A hung check holds no stop: it is named in the stop's WARNING line and left on its daemon thread."""
+    caplog.set_level(logging.WARNING, logger="sdplite")
+    release = threading.Event()
+    started = threading.Event()
+
+    def hangs(device: Device) -> None:
+        started.set()
+        release.wait()
+
+    with KubeletEmulator(sock_dir) as kubelet:
+        plugin = build(
+            "example.com/hang",
+            "hang.sock",
+            lambda: [Device("gpu-0")],
+            plugin_dir=sock_dir,
+            health_check=HealthCheck(hangs, interval=0.05, timeout=60),  # a round that would wait a minute
+        ).start()
+        try:
+            kubelet.wait_for_devices("example.com/hang", count=1)
+            assert started.wait(10)
+            stopped = threading.Thread(target=plugin.stop)
+            stopped.start()
+            stopped.join(20)  # generous; the grace is about a second
+            assert not stopped.is_alive(), "stop() waited for a hung health check"
+        finally:
+            release.set()
+    ours = [
+        r.getMessage() for r in caplog.records if r.name == "sdplite" and "still running" in r.getMessage()
+    ]
+    assert len(ours) == 1 and "the health check of gpu-0" in ours[0], ours
