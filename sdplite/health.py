@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from .files import write_atomic
+from .logtext import cut
 
 if TYPE_CHECKING:
     from .lifecycle import Controller
@@ -71,7 +72,9 @@ def plugin_status(plugin: Any, registered: bool, error: Optional[str]) -> dict[s
         "streams": state.stream_count,
         "devices": len(state.devices),
         "healthy": sum(1 for d in state.devices if d.healthy),
-        "unhealthy": [{"id": d.id, "reason": d.reason} for d in unhealthy[:MAX_LISTED]],
+        "unhealthy": [
+            {"id": cut(d.id), "reason": cut(d.reason) if d.reason else None} for d in unhealthy[:MAX_LISTED]
+        ],
         "error": error,
     }
 

@@ -181,7 +181,7 @@ class HealthCheck:
             result = self.check(device)
         except Exception as exc:
             kind = type(exc).__name__
-            outcome = (f"{kind}: {exc}" if str(exc) else kind, kind)
+            outcome = (cut(f"{kind}: {exc}") if str(exc) else kind, kind)  # the message may be huge
         else:
             outcome = (None, "passed") if result is not False else ("check returned False", "returned_false")
         with self._done:
