@@ -282,3 +282,32 @@ def test_cdi_needs_a_resource_name_cdi_can_use(sock_dir: str) -> None:
     # Kubernetes takes a domain that starts with a digit; CDI wants a letter.
     with pytest.raises(ValueError, match="cdi=True: resource name '9disks.com/disk' cannot be a CDI kind"):
         build("9disks.com/disk", "d.sock", lambda: [], plugin_dir=sock_dir, cdi=True)
+
+
+def test_a_spec_that_cannot_be_written_is_logged_and_the_devices_still_served(
+    sock_dir: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from sdplite import build
+    from sdplite.testing import KubeletEmulator
+
+    caplog.set_level(logging.ERROR, logger="sdplite")
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the CDI "directory" is a file: every write fails
+    with KubeletEmulator(sock_dir) as kubelet:
+        plugin = build(
+            "example.com/disk",
+            "disk.sock",
+            lambda: [Device("disk-0", envs={"DISK": "0"})],
+            plugin_dir=sock_dir,
+            cdi=True,
+            cdi_dir=str(blocked),
+            metrics_port=0,
+            metrics_host="127.0.0.1",
+        )
+        with plugin:
+            kubelet.wait_for_devices("example.com/disk", count=1)
+            wait_until(lambda: "cannot write CDI spec" in caplog.text, what="the error logged")
+            stats = plugin.state.stats
+            assert stats is not None and stats.counters()[("errors", (("kind", "cdi_write"),))] >= 1
