@@ -35,7 +35,8 @@ def _devices_text(response: Any) -> str:
 
 
 def message_dict(message: Any) -> dict[str, Any]:
-    """Every field of ``message``, zeros and falses included, numbers as numbers.
+    """Every field of ``message``, zeros and falses included, numbers as numbers;
+    an ``optional`` field that is not set is None.
 
     (protobuf's json_format leaves out default values and writes int64 as
     strings, so NUMA node 0 and ``false`` options vanished.)
@@ -53,6 +54,8 @@ def message_dict(message: Any) -> dict[str, Any]:
             body[field.name] = [message_dict(v) for v in value] if entry is not None else list(value)
         elif entry is not None:
             body[field.name] = message_dict(value)
+        elif getattr(field, "has_presence", False) and not message.HasField(field.name):
+            body[field.name] = None  # an `optional` field that is not set (share_id): null, not ""
         else:
             body[field.name] = value
     return body
