@@ -247,7 +247,19 @@ class SpecFile:
         return [qualified_name(self.kind, i) for i in device_ids if i in ids]
 
     def remove(self) -> bool:
-        """Delete the spec file (on a clean stop); False if it was not there."""
-        self._written = None
+        """Delete the spec file (on a clean stop); False if it was not there.
+
+        A file that no longer holds what we wrote is left alone: another
+        process (say, the next version of this plugin during a rolling
+        update) has written it since.
+        """
+        written, self._written = self._written, None
         self._ids = frozenset()
+        if written is not None:
+            try:
+                with open(self.path, "rb") as handle:
+                    if handle.read() != written:
+                        return False
+            except FileNotFoundError:
+                return False
         return remove_spec(self.path)

@@ -175,6 +175,10 @@ def test_spec_file_writes_on_change_only_and_removes(cdi_dir: str) -> None:
     assert spec_file.names(["disk-1"]) == ["example.com/disk=disk-1"], "a refused list changes nothing"
     assert spec_file.remove() is True and not os.path.exists(spec_file.path)
     assert spec_file.remove() is False and remove_spec(spec_file.path) is False
+    # Another process wrote the file since (a rolling update's new pod): our stop leaves it.
+    spec_file.update([disk0])
+    SpecFile("example.com/disk", cdi_dir).update([disk0, disk1])
+    assert spec_file.remove() is False and "disk-1" in open(spec_file.path).read()
 
 
 def test_a_reader_never_sees_a_partial_spec(cdi_dir: str) -> None:
