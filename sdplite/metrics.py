@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from .health import judge, plugin_status
+from .lifecycle import PluginError
 from .logtext import cut
 from .stats import Stats
 
@@ -226,7 +227,14 @@ class MetricsFeature:
         with _servers_lock:
             server = _servers.get(self.key)
             if server is None:
-                server = _servers[self.key] = MetricsServer(*self.key)
+                try:
+                    server = MetricsServer(*self.key)
+                except OSError as exc:
+                    host, port = self.key
+                    raise PluginError(
+                        f"cannot serve metrics on {host or '*'}:{port}: {exc}: choose another metrics_port"
+                    ) from None
+                _servers[self.key] = server
                 host, port = server.address
                 log.info("serving metrics on http://%s:%d/metrics", host or "0.0.0.0", port)
             server.join(self.plugin)

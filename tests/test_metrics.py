@@ -163,3 +163,25 @@ def test_label_values_are_escaped_for_the_parser() -> None:
 def test_a_bad_port_is_refused() -> None:
     with pytest.raises(ValueError, match="metrics_port must be a TCP port number"):
         build(RESOURCE, "x.sock", lambda: [], plugin_dir="/tmp", metrics_port=70000)
+
+
+def test_a_port_in_use_stops_the_plugin_with_a_clear_error(sock_dir: str) -> None:
+    import socket
+
+    from sdplite import PluginError
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        plugin = build(
+            RESOURCE, "x.sock", lambda: [], plugin_dir=sock_dir, metrics_port=port, metrics_host="127.0.0.1"
+        )
+        plugin.start()
+        with pytest.raises(
+            PluginError, match=f"cannot serve metrics on 127.0.0.1:{port}: .*choose another metrics_port"
+        ):
+            plugin.stop()
+    finally:
+        blocker.close()
