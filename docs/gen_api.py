@@ -36,6 +36,12 @@ SECTIONS: list[tuple[str, Optional[list[str]]]] = [
     ("sdplite.wire", None),
     ("sdplite.testing", None),
     ("sdplite.podresources", ["PodResourcesClient"]),
+    ("sdplite.replicas", ["Replicas", "replica_id"]),
+    ("sdplite.healthcheck", ["HealthCheck"]),
+    (
+        "sdplite.cdi",
+        ["SpecFile", "CdiError", "build_spec", "write_spec", "remove_spec", "qualified_name", "kind_for"],
+    ),
 ]
 
 WIDTH = 100  # longer signatures get one parameter per line

@@ -8,10 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Interop peers (tests/test_interop_go.py, tests/test_interop_js.py): grpc-go
-# from Debian's packages, built in GOPATH mode; @grpc/grpc-js from npm.
-# Missing tools make those tests fail, never skip.
+# from Debian's packages, built in GOPATH mode; @grpc/grpc-js from npm. The CDI
+# checker (tests/test_cdi.py): Debian's container-device-interface library, also
+# built in GOPATH mode. Missing tools make those tests fail, never skip.
 interop_packages=(golang-go golang-google-grpc-dev golang-google-protobuf-dev
-    golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler)
+    golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler
+    golang-github-container-orchestrated-devices-container-device-interface-dev)
 command -v node >/dev/null && command -v npm >/dev/null || interop_packages+=(nodejs npm)
 missing=()
 for package in "${interop_packages[@]}"; do
@@ -25,6 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 bash tests/interop/build_go.sh >/dev/null
+bash tests/interop/build_cdi.sh >/dev/null
 npm ci --prefix tests/interop/js --no-audit --no-fund --loglevel=error >/dev/null
 
 PY=${PYTHON:-python3}

@@ -141,7 +141,9 @@ class Device:
 
     For example ``Device("disk-0", numa_nodes=[0], nodes=[DeviceNode("/dev/sdb")],
     envs={"DISK": "sdb"})``: healthy, on NUMA node 0, and a container that gets
-    it sees /dev/sdb and DISK=sdb.
+    it sees /dev/sdb and DISK=sdb. ``reason`` says why the device has its
+    health; the kubelet never sees it (v1beta1 has no field for it), but the
+    logs, the status file, ``sdplite inspect`` and the metrics do.
     """
 
     id: str
@@ -152,8 +154,19 @@ class Device:
     envs: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     cdi_devices: Sequence[str] = ()
+    reason: Optional[str] = None
 
-    _FIELDS = ("id", "healthy", "numa_nodes", "nodes", "mounts", "envs", "annotations", "cdi_devices")
+    _FIELDS = (
+        "id",
+        "healthy",
+        "numa_nodes",
+        "nodes",
+        "mounts",
+        "envs",
+        "annotations",
+        "cdi_devices",
+        "reason",
+    )
     __eq__ = _eq
     __repr__ = _repr
 
@@ -167,6 +180,7 @@ class Device:
         envs: Mapping[str, str] = _NEW_DICT,
         annotations: Mapping[str, str] = _NEW_DICT,
         cdi_devices: Sequence[str] = (),
+        reason: Optional[str] = None,
     ) -> None:
         # Frozen and hashable: sequences become tuples, mappings sorted tuples.
         set_ = object.__setattr__
@@ -178,6 +192,7 @@ class Device:
         set_(self, "envs", dict(_freeze(envs)) if envs else {})
         set_(self, "annotations", dict(_freeze(annotations)) if annotations else {})
         set_(self, "cdi_devices", tuple(cdi_devices))
+        set_(self, "reason", reason)
 
     def __hash__(self) -> int:
         return hash(
@@ -190,6 +205,7 @@ class Device:
                 _freeze(self.envs),
                 _freeze(self.annotations),
                 self.cdi_devices,
+                self.reason,
             )
         )
 
@@ -198,18 +214,24 @@ class Device:
         """The kubelet's spelling: "Healthy" or "Unhealthy"."""
         return HEALTHY if self.healthy else UNHEALTHY
 
-    def with_health(self, healthy: bool) -> Device:
-        """A copy with another health."""
-        return Device(
-            self.id,
-            healthy,
-            self.numa_nodes,
-            self.nodes,
-            self.mounts,
-            self.envs,
-            self.annotations,
-            self.cdi_devices,
-        )
+    def with_health(self, healthy: bool, reason: Optional[str] = None) -> Device:
+        """A copy with another health, and why (``reason``, kept on our side only)."""
+        return self.with_id(self.id, healthy, reason)
+
+    def with_id(self, device_id: str, healthy: bool, reason: Optional[str]) -> Device:
+        """A copy with another ID, health and reason: the rest of the data is shared."""
+        device = Device.__new__(Device)
+        set_ = object.__setattr__
+        set_(device, "id", device_id)
+        set_(device, "healthy", healthy)
+        set_(device, "numa_nodes", self.numa_nodes)
+        set_(device, "nodes", self.nodes)
+        set_(device, "mounts", self.mounts)
+        set_(device, "envs", self.envs)
+        set_(device, "annotations", self.annotations)
+        set_(device, "cdi_devices", self.cdi_devices)
+        set_(device, "reason", reason)
+        return device
 
     def to_proto(self) -> pb.Device:
         """The v1beta1 Device message (ID, health, topology)."""

@@ -51,6 +51,10 @@ STREAM_LOSS_GRACE = 1.0
 #: How long a stop (or the stop half of a restart) waits for calls, streams
 #: and user code before it abandons what is left (see wire/shutdown.py).
 STOP_GRACE = 1.0
+# The two signs of a kubelet restart (it deletes the plugins' sockets, then
+# serves a new kubelet.sock), as restart reasons; the metrics count them.
+KUBELET_RESTARTED = "kubelet.sock was re-created (kubelet restart)"
+SOCKET_GONE = "was removed or replaced"
 
 
 class PluginError(RuntimeError):
@@ -174,6 +178,7 @@ class Controller:
         reason, recheck_at = self._restart_due(now)
         if reason is not None and self.server is not None:
             log.info("%s: restarting: %s", self.plugin.resource_name, reason)
+            self._count_restart(reason)
             shutdown = Shutdown(STOP_GRACE)
             self._stop_server(shutdown)
             shutdown.report(log, f"{self.plugin.resource_name}: restart")
@@ -213,12 +218,12 @@ class Controller:
         if server is None:
             return None, None
         if not server.owns_socket():
-            return f"our socket {server.path} was removed or replaced", None
+            return f"our socket {server.path} {SOCKET_GONE}", None
         if not self.registered.is_set() or self.plugin.registry_dir:
             return None, None  # the plugin watcher needs no restart handling
         current = _file_id(self.plugin.kubelet_socket)
         if current is not None and current != self._kubelet_id:
-            return "kubelet.sock was re-created (kubelet restart)", None
+            return KUBELET_RESTARTED, None
         lost_at = self._stream_lost_at
         if lost_at is not None and current is not None:
             # The kubelet is (still) there but dropped our stream. A restarting
@@ -227,6 +232,14 @@ class Controller:
                 return "the kubelet ended our ListAndWatch stream", None
             return None, lost_at + STREAM_LOSS_GRACE
         return None, None
+
+    def _count_restart(self, reason: str) -> None:
+        stats = self.plugin.state.stats
+        if stats is not None:
+            kubelet = reason == KUBELET_RESTARTED or reason.endswith(SOCKET_GONE)
+            stats.count("restarts", cause="kubelet" if kubelet else "other")
+            if kubelet:
+                stats.count("kubelet_restarts")
 
     # -- serving -----------------------------------------------------------------
 
@@ -412,7 +425,7 @@ class Controller:
             plugin.kubelet_socket,
             plugin.resource_name,
             plugin.socket_name,
-            plugin_options(plugin.impl),
+            plugin_options(plugin.impl, default_preferred=plugin.state.replicas is not None),
             timeout=plugin.register_timeout,
         )
         self._attempt = attempt
@@ -451,6 +464,11 @@ class Controller:
         if self._attempt_generation != self.generation:
             self._next_register = now  # it was for a server that is gone: try again
             return
+        stats = plugin.state.stats
+        if stats is not None and result.outcome is RegisterOutcome.OK:
+            stats.count("registrations")
+        elif stats is not None:
+            stats.count("errors", kind="register")
         if result.outcome is RegisterOutcome.OK:
             self._kubelet_id = self._attempt_kubelet_id
             self._backoff = BACKOFF_FIRST

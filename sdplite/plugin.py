@@ -6,7 +6,7 @@ import inspect
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .api import paths
 from .devices import Device, DeviceListError
@@ -19,6 +19,10 @@ from .service import DeviceState
 from .supervisor import BackgroundRunner
 from .supervisor import run as run_plugins
 from .wire import Server
+
+if TYPE_CHECKING:
+    from .replicas import Replicas
+    from .wire.shutdown import Shutdown
 
 __all__ = ["build", "DevicePlugin", "DEFAULT_PLUGIN_DIR"]
 
@@ -45,6 +49,7 @@ class DevicePlugin:
         register_timeout: float = REGISTER_TIMEOUT,
         server_options: Optional[dict[str, Any]] = None,
         registry_dir: Optional[str] = None,
+        replicas: Optional[Replicas] = None,
     ) -> None:
         self.resource_name = validate_resource_name(resource_name)
         self.plugin_dir = plugin_dir
@@ -57,7 +62,10 @@ class DevicePlugin:
         self.impl = impl
         self.register_timeout = register_timeout
         self.server_options = dict(server_options or {})
-        self.state = DeviceState(resource_name)
+        self.state = DeviceState(resource_name, replicas)
+        #: Optional features (CDI spec, health checks, metrics): objects with
+        #: start() and stop(), run while the plugin runs (see :mod:`sdplite.features`).
+        self.features: list[Any] = []
         self._controller: Optional[Controller] = None
         self._runner: Optional[BackgroundRunner] = None
         self._last_error: Optional[str] = None
@@ -144,13 +152,44 @@ class DevicePlugin:
         """
         return self.state.publish(devices)
 
-    def set_health(self, device_id: str, healthy: bool) -> bool:
-        """Mark one device healthy or unhealthy and push the change.
+    @property
+    def physical_devices(self) -> tuple[Device, ...]:
+        """The devices as published (without replicas), with their health and its reason."""
+        return self.state.physical_devices
 
-        The health stands, over server and kubelet restarts, until a list from
+    def set_health(self, device_id: str, healthy: bool, reason: Optional[str] = None) -> bool:
+        """Mark one device healthy or unhealthy, saying why, and push the change.
+
+        ``reason`` is logged and kept (``Device.reason``, status file,
+        metrics); the kubelet only sees the health. With replicas, give the
+        physical device's ID: all its replicas change in one push. The health
+        stands, over server and kubelet restarts, until a list from
         ``get_devices`` or ``list_and_watch`` changes this device's health.
         """
-        return self.state.set_health(device_id, healthy)
+        return self.state.set_health(device_id, healthy, reason)
+
+    @property
+    def metrics_address(self) -> Optional[tuple[str, int]]:
+        """Where the metrics endpoint listens while running (``metrics_port``), else None."""
+        for feature in self.features:
+            address = getattr(feature, "address", None)
+            if address is not None:
+                return (address[0], address[1])
+        return None
+
+    def start_features(self) -> None:
+        """Start the optional features (the supervisor calls this when the plugin starts running)."""
+        for feature in self.features:
+            feature.start()
+
+    def stop_features(self, shutdown: Optional[Shutdown] = None) -> None:
+        """Stop them again, last first (called once the plugin has stopped serving);
+        what is still running at ``shutdown``'s deadline is named there."""
+        for feature in reversed(self.features):
+            try:
+                feature.stop(shutdown)
+            except Exception:
+                log.exception("%s: stopping %r failed", self.resource_name, feature)
 
     def rescan(self) -> None:
         """Simple mode: re-read ``get_devices`` now rather than at the next interval."""
@@ -164,6 +203,8 @@ class DevicePlugin:
         try:
             self.state.report(devices)
         except DeviceListError as exc:
+            if self.state.stats is not None:
+                self.state.stats.count("errors", kind="device_list")
             if self.state.has_list:
                 outcome = "keeping the last good one"
             else:
@@ -187,6 +228,13 @@ def build(
     register_timeout: float = REGISTER_TIMEOUT,
     registration: str = "kubelet",
     registry_dir: Optional[str] = None,
+    replicas: Optional[Union[int, Callable[[Device], int]]] = None,
+    replica_policy: str = "spread",
+    cdi: bool = False,
+    cdi_dir: Optional[str] = None,
+    health_check: Any = None,
+    metrics_port: Optional[int] = None,
+    metrics_host: str = "",
     **server_options: Any,
 ) -> DevicePlugin:
     """Make a device plugin for ``resource_name`` served on ``socket_name``.
@@ -205,6 +253,20 @@ def build(
       ``$SDPLITE_REGISTRY_DIR`` or ``/var/lib/kubelet/plugins_registry``), where
       the kubelet's plugin watcher finds the socket, asks GetInfo and connects;
       the kubelet never deletes these sockets, so restarts need nothing.
+
+    Optional features, all off by default (and then free):
+
+    - ``replicas``: advertise each device as this many IDs (``gpu-0::0``,
+      ``gpu-0::1``, ...), or a function of the Device giving its count; see
+      :mod:`sdplite.replicas`. ``replica_policy`` (``"spread"`` or ``"pack"``)
+      is how GetPreferredAllocation chooses replicas.
+    - ``cdi=True``: write a CDI spec for the devices into ``cdi_dir`` (default
+      ``$SDPLITE_CDI_DIR`` or ``/var/run/cdi``), and name the allocated devices
+      in Allocate's ``cdi_devices``; see :mod:`sdplite.cdi`.
+    - ``health_check``: a function ``check(device)`` or a
+      :class:`sdplite.healthcheck.HealthCheck`, run on every device on a schedule.
+    - ``metrics_port``: serve Prometheus metrics and ``/healthz`` on this TCP
+      port (``metrics_host``: the address to bind, default all); see :mod:`sdplite.metrics`.
 
     Further keywords tune the gRPC server (see :class:`sdplite.wire.Server`).
     """
@@ -229,6 +291,16 @@ def build(
             f"build() takes a get_devices callable or an object with list_and_watch(watch), "
             f"not {type(impl).__name__}"
         )
-    return DevicePlugin(
-        resource_name, socket_name, chosen, directory, register_timeout, server_options, registry
+    replica_map = None
+    if replicas is not None:
+        from .replicas import Replicas
+
+        replica_map = Replicas(replicas, replica_policy)
+    plugin = DevicePlugin(
+        resource_name, socket_name, chosen, directory, register_timeout, server_options, registry, replica_map
     )
+    if cdi or health_check is not None or metrics_port is not None:
+        from . import features
+
+        features.setup(plugin, cdi, cdi_dir, health_check, metrics_port, metrics_host)
+    return plugin

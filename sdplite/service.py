@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .api import deviceplugin_pb2 as pb
 from .api import paths
+from .api.paths import HEALTHY, UNHEALTHY
 from .devices import (
     Allocation,
     Device,
@@ -39,18 +41,30 @@ from .wire import server_streaming as streaming_method
 from .wire import unary as unary_method
 from .wire.handlers import status_of
 
+if TYPE_CHECKING:
+    from .replicas import Replicas
+    from .stats import Stats
+
 __all__ = ["DeviceState", "plugin_options", "device_plugin_methods"]
 
 log = logging.getLogger("sdplite")
 
 
 class DeviceState:
-    """The devices of one resource and the streams watching them. Thread-safe."""
+    """The devices of one resource and the streams watching them. Thread-safe.
 
-    def __init__(self, resource_name: str) -> None:
+    What was published or reported (the *physical* devices) may differ from
+    what the kubelet is sent: with :class:`~sdplite.replicas.Replicas` each
+    physical device becomes several replica devices, and a device held
+    unhealthy by a failing health check stays so whatever later lists say.
+    """
+
+    def __init__(self, resource_name: str, replicas: Optional[Replicas] = None) -> None:
         self.resource_name = resource_name
+        self.replicas = replicas
         self._lock = threading.Condition(threading.RLock())
         self._devices: tuple[Device, ...] = ()
+        self._physical: tuple[Device, ...] = ()
         self._by_id: dict[str, Device] = {}
         self._encoded = encode_device_list(())
         # Set up by the first health change after a publish: the encoded list
@@ -60,8 +74,9 @@ class DeviceState:
         self._positions: dict[str, int] = {}
         self._streams: set[ResponseStream] = set()
         # What the owner said about each device's health (set_health, publish),
-        # kept until the implementation reports a different health for it.
+        # and why, kept until the implementation reports a different health for it.
         self._told: dict[str, bool] = {}
+        self._told_reasons: dict[str, str] = {}
         # The last list the implementation reported, and whether the owner's
         # publish() has replaced it (then it stands until that list changes).
         self._reported: Optional[tuple[Device, ...]] = None
@@ -69,12 +84,28 @@ class DeviceState:
         self._published = False
         #: True once a good list came in (from the owner or the implementation).
         self.has_list = False
+        #: Physical device ID -> why a health check holds it unhealthy.
+        self._held: dict[str, str] = {}
+        #: Called (lock held) with the physical devices before a changed list
+        #: is installed, so a CDI spec names a device before the kubelet sees
+        #: it; raising DeviceListError refuses the list.
+        self.before_install: Optional[Callable[[tuple[Device, ...]], None]] = None
+        #: The CDI names of physical devices, when Allocate should add them.
+        self.cdi_names: Optional[Callable[[Sequence[str]], list[str]]] = None
+        #: Counters for the metrics endpoint; None (no cost) without one.
+        self.stats: Optional[Stats] = None
         #: Bumped on every change; lets a waiter tell an old list from a new one.
         self.version = 0
 
     @property
     def devices(self) -> tuple[Device, ...]:
+        """The devices the kubelet is sent (replicas, if any)."""
         return self._devices
+
+    @property
+    def physical_devices(self) -> tuple[Device, ...]:
+        """The devices as published or reported, with their current health and reason."""
+        return self._physical
 
     def get(self, device_id: str) -> Optional[Device]:
         return self._by_id.get(device_id)
@@ -91,8 +122,9 @@ class DeviceState:
         """
         new = normalize_devices(devices)
         with self._lock:
-            changed = self._replace(new)
+            changed = self._replace_physical(new)
             self._told = {d.id: d.healthy for d in new}
+            self._told_reasons = {d.id: d.reason for d in new if d.reason is not None}
             self._published = True
             self.has_list = True
         return changed
@@ -112,8 +144,9 @@ class DeviceState:
             if self._published and new == self._reported:
                 return False
             merged, told = self._merge_told(new) if self._told else (new, {})
-            changed = self._replace(merged)
+            changed = self._replace_physical(merged)
             self._told = told
+            self._told_reasons = {i: r for i, r in self._told_reasons.items() if i in told}
             self._reported = new
             self._reported_by_id = {d.id: d for d in new}
             self._published = False
@@ -121,9 +154,9 @@ class DeviceState:
         return changed
 
     def _merge_told(self, new: tuple[Device, ...]) -> tuple[tuple[Device, ...], dict[str, bool]]:
-        """``new`` with the owner's health where the implementation did not change its
-        own, and what the owner said that still stands."""
-        told, before = self._told, self._reported_by_id
+        """``new`` with the owner's health (and reason) where the implementation did
+        not change its own, and what the owner said that still stands."""
+        told, reasons, before = self._told, self._told_reasons, self._reported_by_id
         kept: dict[str, bool] = {}
         merged = []
         for device in new:
@@ -132,8 +165,9 @@ class DeviceState:
                 previous = before.get(device.id)
                 if previous is not None and previous.healthy == device.healthy:
                     kept[device.id] = said
-                    if said != device.healthy:
-                        device = device.with_health(said)
+                    why = reasons.get(device.id)
+                    if said != device.healthy or (why is not None and why != device.reason):
+                        device = device.with_health(said, why)
             merged.append(device)
         return tuple(merged), kept
 
@@ -143,69 +177,152 @@ class DeviceState:
         with self._lock:
             return dict(self._told)
 
-    def set_health(self, device_id: str, healthy: bool) -> bool:
-        """Mark one device healthy or unhealthy; KeyError if there is no such device.
+    def _replace_physical(self, physical: tuple[Device, ...]) -> bool:
+        """Install a new physical list (lock held): held verdicts applied, replicas made."""
+        if self._held:
+            physical = self._hold(physical)
+        # Replica IDs are unique: "::" and a number after every physical ID.
+        replicas = self.replicas
+        advertised = replicas.expand(physical, commit=False) if replicas is not None else physical
+        return self._replace(physical, advertised, encode_device_list(advertised))
 
-        Costs one device's encoding, not the list's: the list was checked
-        when it was published, and only this device's entry changes.
+    def _hold(self, physical: tuple[Device, ...]) -> tuple[Device, ...]:
+        held = self._held
+        return tuple(d.with_health(False, held[d.id]) if d.id in held and d.healthy else d for d in physical)
+
+    def _replace(self, physical: tuple[Device, ...], devices: tuple[Device, ...], encoded: bytes) -> bool:
+        """Install a new list (lock held); push it if the kubelet would see a difference."""
+        push = encoded != self._encoded
+        if not push and (self.before_install is None or physical == self._physical):
+            return False
+        if self.before_install is not None:
+            self.before_install(physical)
+        # Without replicas the by-ID maps of the list are the physical ones.
+        plain = self.replicas is None
+        old = self._by_id if plain else {d.id: d for d in self._physical}
+        if self.replicas is not None:
+            self.replicas.commit()
+        self._entries = None
+        self._positions = {}
+        self._physical = physical
+        self._install(devices, {d.id: d for d in devices}, encoded, push)
+        self._log_changes(old, self._by_id if plain else {d.id: d for d in physical})
+        return True
+
+    def set_health(self, device_id: str, healthy: bool, reason: Optional[str] = None) -> bool:
+        """Mark one device healthy or unhealthy, saying why; KeyError if there is no such device.
+
+        With replicas, ``device_id`` is the physical device's and all its
+        replicas change in one push. Costs one encoding per changed device,
+        not the list's. A new ``reason`` with the same health is kept (and
+        logged) but not pushed: the kubelet never sees reasons.
         """
+        if not isinstance(healthy, bool):
+            raise TypeError(f"healthy must be True or False, not {healthy!r}")
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str or None, not {reason!r}")
         with self._lock:  # changes apply one after another: none is lost
-            before = self._by_id.get(device_id)
-            if before is None:
-                raise KeyError(f"no device {device_id!r} in {self.resource_name}")
-            if not isinstance(healthy, bool):
-                raise TypeError(f"healthy must be True or False, not {healthy!r}")
-            if before.healthy == healthy:
-                self._told[device_id] = healthy
+            ids = self._ids_of(device_id)
+            befores = [self._by_id[i] for i in ids]
+            moved = any(b.healthy != healthy for b in befores)
+            self._told[device_id] = healthy
+            if reason is None:
+                self._told_reasons.pop(device_id, None)
+            else:
+                self._told_reasons[device_id] = reason
+            if not moved and all(b.reason == reason for b in befores):
                 return False
+            devices = list(self._devices)
+            by_id = dict(self._by_id)  # a new dict: snapshot() callers keep theirs
+            encoded = self._encoded
             if self._entries is None:
                 self._entries, self._positions = _split_entries(self._encoded, self._devices)
-            after = before.with_health(healthy)
-            index = self._positions[device_id]
             entries = self._entries
-            old_entry = entries[index]
-            entries[index] = encode_device_list((after,))
+            replaced: list[tuple[int, bytes]] = []  # (index, old entry), to undo a refused change
+            for before in befores:
+                after = before.with_health(healthy, reason)
+                index = self._positions[after.id]
+                devices[index] = by_id[after.id] = after
+                if moved:
+                    replaced.append((index, entries[index]))
+                    entries[index] = encode_device_list((after,))
+            if moved:
+                try:
+                    encoded = _join_entries(entries)
+                except DeviceListError:
+                    for index, entry in replaced:
+                        entries[index] = entry
+                    raise
+            if self.replicas is not None:
+                self._physical = tuple(
+                    d.with_health(healthy, reason) if d.id == device_id else d for d in self._physical
+                )
+            self._install(tuple(devices), by_id, encoded, moved)
+        log.info(
+            "%s: device %s %s %s%s",
+            self.resource_name,
+            cut(device_id),
+            "is now" if moved else "stays",
+            HEALTHY if healthy else UNHEALTHY,
+            f": {cut(reason)}" if reason else "",
+        )
+        return True
+
+    def _ids_of(self, device_id: str) -> tuple[str, ...]:
+        if self.replicas is not None:
             try:
-                encoded = _join_entries(entries)
-            except DeviceListError:
-                entries[index] = old_entry
-                raise
-            devices = list(self._devices)
-            devices[index] = after
-            by_id = dict(self._by_id)  # a new dict: snapshot() callers keep theirs
-            by_id[device_id] = after
-            self._install(tuple(devices), by_id, encoded)
-            self._told[device_id] = healthy
-        log.info("%s: device %s is now %s", self.resource_name, cut(device_id), after.health)
-        return True
+                return self.replicas.ids_of(device_id)
+            except KeyError as exc:
+                raise KeyError(f"{exc.args[0]} in {self.resource_name}") from None
+        if device_id not in self._by_id:
+            raise KeyError(f"no device {device_id!r} in {self.resource_name}")
+        return (device_id,)
 
-    def _replace(self, devices: tuple[Device, ...]) -> bool:
-        encoded = encode_device_list(devices)
+    def hold(self, device_id: str, reason: Optional[str], release_reason: Optional[str] = None) -> bool:
+        """A health check's verdict on a physical device: unhealthy with ``reason``
+        (kept through later lists until released), or healthy again (``reason``
+        None; the device then says ``release_reason``)."""
         with self._lock:
-            if encoded == self._encoded:
-                return False
-            old = self._by_id
-            self._entries = None
-            self._positions = {}
-            self._install(devices, {d.id: d for d in devices}, encoded)
-        self._log_changes(old, self._by_id)
-        return True
+            if reason is None:
+                if self._held.pop(device_id, None) is None:
+                    return False
+                return self.set_health(device_id, True, release_reason)
+            self._held[device_id] = reason
+            return self.set_health(device_id, False, reason)
 
-    def _install(self, devices: tuple[Device, ...], by_id: dict[str, Device], encoded: bytes) -> None:
-        """Make a new list current and push it to every stream (lock held)."""
+    def with_devices(self, use: Callable[[tuple[Device, ...]], None]) -> None:
+        """Call ``use`` with the physical devices while no change can come in between."""
+        with self._lock:
+            use(self._physical)
+
+    def forget(self, device_ids: Any) -> None:
+        """Drop held verdicts of devices that are gone."""
+        with self._lock:
+            for device_id in device_ids:
+                self._held.pop(device_id, None)
+
+    def _install(
+        self, devices: tuple[Device, ...], by_id: dict[str, Device], encoded: bytes, push: bool = True
+    ) -> None:
+        """Make a new list current and push it to every stream if ``push`` (lock held)."""
         self._devices = devices
         self._by_id = by_id
         self._encoded = encoded
+        if self.replicas is None:
+            self._physical = devices
         self.version += 1
-        for stream in self._streams:
-            stream.send(encoded)
+        if push:
+            for stream in self._streams:
+                stream.send(encoded)
         self._lock.notify_all()
 
-    def _log_changes(self, old: dict[str, Device], new: dict[str, Device]) -> None:
+    def _log_changes(self, old: Mapping[str, Device], new: Mapping[str, Device]) -> None:
+        """One line per device whose health turned (with its reason), one for devices added or removed."""
         for device_id, device in new.items():
             before = old.get(device_id)
             if before is not None and before.healthy != device.healthy:
-                log.info("%s: device %s is now %s", self.resource_name, cut(device_id), device.health)
+                why = f": {cut(device.reason)}" if device.reason else ""
+                log.info("%s: device %s is now %s%s", self.resource_name, cut(device_id), device.health, why)
         added = len(new.keys() - old.keys())
         removed = len(old.keys() - new.keys())
         if added or removed:
@@ -283,18 +400,30 @@ def _join_entries(entries: list[bytes]) -> bytes:
     return encoded
 
 
-def plugin_options(impl: Any) -> pb.DevicePluginOptions:
-    """Options follow the optional hooks the implementation offers."""
+def plugin_options(impl: Any, default_preferred: bool = False) -> pb.DevicePluginOptions:
+    """Options follow the optional hooks the implementation offers.
+
+    ``default_preferred``: sdplite answers GetPreferredAllocation itself
+    (replicas' spread/pack policy) when the implementation does not.
+    """
     return pb.DevicePluginOptions(
         pre_start_required=has_hook(impl, "pre_start_container"),
-        get_preferred_allocation_available=has_hook(impl, "get_preferred_allocation"),
+        get_preferred_allocation_available=default_preferred or has_hook(impl, "get_preferred_allocation"),
     )
 
 
 def _fill_container(
-    response: pb.AllocateResponse, result: Any, state: DeviceState, ids: Sequence[str]
+    response: pb.AllocateResponse,
+    result: Any,
+    state: DeviceState,
+    ids: Sequence[str],
+    physical: Sequence[str],
 ) -> None:
-    """Add one container's answer to ``response``: the hook's result, or the default."""
+    """Add one container's answer to ``response``: the hook's result, or the default.
+
+    ``ids`` are the kubelet's (replica) IDs, ``physical`` the devices behind
+    them; with CDI on, their CDI names are added to whatever the answer has.
+    """
     if result is None:
         try:
             result = default_allocation(state.snapshot(), ids)
@@ -308,12 +437,18 @@ def _fill_container(
             raise GrpcError(StatusCode.INTERNAL, _bad_allocation(result, exc)) from None
     elif isinstance(result, pb.ContainerAllocateResponse):
         response.container_responses.append(result)
+        container = response.container_responses[-1]
     else:
         raise GrpcError(
             StatusCode.INTERNAL,
             f"allocate returned a {type(result).__name__}; return an sdplite.Allocation, "
             f"a ContainerAllocateResponse or None (for the default)",
         )
+    if state.cdi_names is not None:
+        have = {c.name for c in container.cdi_devices}
+        for name in state.cdi_names(physical):
+            if name not in have:
+                container.cdi_devices.add(name=name)
 
 
 def _bad_allocation(allocation: Allocation, exc: Exception) -> str:
@@ -356,6 +491,30 @@ def _refusal(exc: BaseException) -> str:
     return f"{code.name}: {cut(message)}"
 
 
+def _counted(
+    allocate: Callable[[pb.AllocateRequest, ServerContext], pb.AllocateResponse], stats: Stats
+) -> Callable[[pb.AllocateRequest, ServerContext], pb.AllocateResponse]:
+    """Allocate, timed and counted by result for the metrics endpoint."""
+
+    def counted(request: pb.AllocateRequest, context: ServerContext) -> pb.AllocateResponse:
+        started = time.perf_counter()
+        try:
+            response = allocate(request, context)
+        except GrpcError as exc:
+            refused = exc.code is StatusCode.INVALID_ARGUMENT
+            stats.allocate("refused" if refused else "failed", time.perf_counter() - started)
+            stats.count("errors", kind="allocate_refused" if refused else "allocate_failed")
+            raise
+        except Exception:
+            stats.allocate("failed", time.perf_counter() - started)
+            stats.count("errors", kind="allocate_failed")
+            raise
+        stats.allocate("granted", time.perf_counter() - started)
+        return response
+
+    return counted
+
+
 def device_plugin_methods(
     impl: Any, state: DeviceState, on_stream_end: Callable[[ServerContext], None]
 ) -> list[Method[Any]]:
@@ -364,7 +523,9 @@ def device_plugin_methods(
     Allocate, GetPreferredAllocation and PreStartContainer each log one INFO
     line with the resource, the IDs and the outcome (docs/guide.md, "Logs").
     """
-    options = plugin_options(impl)
+    replicas = state.replicas
+    stats = state.stats
+    options = plugin_options(impl, default_preferred=replicas is not None)
     name = state.resource_name
     enabled = log.isEnabledFor
 
@@ -389,8 +550,9 @@ def device_plugin_methods(
             response = pb.AllocateResponse()
             for container in containers:
                 ids = list(container.devices_ids)
-                result = allocate_hook(ids) if allocate_hook is not None else None
-                _fill_container(response, result, state, ids)
+                physical = replicas.physical_ids(ids) if replicas is not None else ids
+                result = allocate_hook(physical) if allocate_hook is not None else None
+                _fill_container(response, result, state, ids, physical)
         except Exception as exc:
             if enabled(logging.INFO):
                 ids_text = _containers_text(c.devices_ids for c in containers)
@@ -400,14 +562,19 @@ def device_plugin_methods(
             log.info("%s: Allocate %s granted", name, _containers_text(c.devices_ids for c in containers))
         return response
 
+    preferred_hook = impl.get_preferred_allocation if has_hook(impl, "get_preferred_allocation") else None
+    if preferred_hook is None and replicas is not None:
+        preferred_hook = replicas.preferred
+
     def preferred(
         request: pb.PreferredAllocationRequest, context: ServerContext
     ) -> pb.PreferredAllocationResponse:
+        assert preferred_hook is not None
         response = pb.PreferredAllocationResponse()
         chosen: list[list[str]] = []
         try:
             for container in request.container_requests:
-                ids = impl.get_preferred_allocation(
+                ids = preferred_hook(
                     list(container.available_deviceIDs),
                     list(container.must_include_deviceIDs),
                     container.allocation_size,
@@ -449,12 +616,13 @@ def device_plugin_methods(
             log.info("%s: PreStartContainer %s done", name, _containers_text([request.devices_ids]))
         return pb.PreStartContainerResponse()
 
+    allocate_method = allocate if stats is None else _counted(allocate, stats)
     methods = [
         unary_method(paths.GET_DEVICE_PLUGIN_OPTIONS, get_options, pb.Empty),
         streaming_method(paths.LIST_AND_WATCH, list_and_watch, pb.Empty, latest_only=True),
-        unary_method(paths.ALLOCATE, allocate, pb.AllocateRequest),
+        unary_method(paths.ALLOCATE, allocate_method, pb.AllocateRequest),
         unary_method(paths.PRE_START_CONTAINER, pre_start, pb.PreStartContainerRequest),
     ]
-    if options.get_preferred_allocation_available:
+    if preferred_hook is not None:
         methods.append(unary_method(paths.GET_PREFERRED_ALLOCATION, preferred, pb.PreferredAllocationRequest))
     return methods

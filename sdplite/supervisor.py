@@ -78,6 +78,8 @@ class Supervisor:
     def run(self) -> None:
         """Serve until :meth:`stop`; raise :class:`PluginError` if a plugin cannot run."""
         try:
+            for plugin in self.plugins:
+                plugin.start_features()
             while not self._stop.is_set():
                 now = time.monotonic()
                 wake_at = min(c.step(now) for c in self.controllers)
@@ -91,6 +93,8 @@ class Supervisor:
             shutdown = Shutdown(STOP_GRACE)  # one deadline for every plugin
             for controller in self.controllers:
                 controller.shutdown(shutdown)
+            for plugin in self.plugins:
+                plugin.stop_features(shutdown)
             shutdown.report(log, "stop")
             if self._status is not None:
                 self._status.remove()

@@ -91,7 +91,7 @@ PODRESOURCES_V1 = {
     "DynamicResource": "claim_name = 2 : string; claim_namespace = 3 : string; "
     "claim_resources = 4 : repeated ClaimResource",
     "ClaimResource": "cdi_devices = 1 : repeated CDIDevice; driver_name = 2 : string; "
-    "pool_name = 3 : string; device_name = 4 : string",
+    "pool_name = 3 : string; device_name = 4 : string; share_id = 5 : optional string",
     "CDIDevice": "name = 1 : string",
     "GetPodResourcesRequest": "pod_name = 1 : string; pod_namespace = 2 : string",
     "GetPodResourcesResponse": "pod_resources = 1 : PodResources",
@@ -192,17 +192,19 @@ def _render(message: descriptor_pb2.DescriptorProto, package: str) -> str:
         maps[f"{message.name}.{nested.name}"] = (
             f"map<{_type_name(key, package)},{_type_name(value, package)}>"
         )
-    assert not message.enum_type and not message.oneof_decl, message.name
+    # proto3 `optional` fields each come with a synthetic oneof: no other oneofs.
+    synthetic = {f"_{f.name}" for f in message.field if f.proto3_optional}
+    assert not message.enum_type, message.name
+    assert {o.name for o in message.oneof_decl} == synthetic, message.name
     parts = []
     for field in sorted(message.field, key=lambda f: f.number):
-        assert not field.proto3_optional, (
-            f"{message.name}.{field.name}: no explicit presence in the kubelet API"
-        )
         kind = _type_name(field, package)
         if kind in maps:
             kind = maps[kind]
         elif field.label == _FD.LABEL_REPEATED:
             kind = "repeated " + kind
+        elif field.proto3_optional:
+            kind = "optional " + kind
         parts.append(f"{field.name} = {field.number} : {kind}")
     return "; ".join(parts)
 

@@ -170,6 +170,31 @@ def test_serve_with_a_config_file_shares_and_mounts(sock_dir: str, emulator: Kub
         assert serve.stop() == 0
 
 
+def test_serve_with_cdi_writes_the_spec_and_removes_it(
+    sock_dir: str, emulator: KubeletEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = os.path.join(sock_dir, "ttyUSB0")
+    open(path, "w").close()
+    cdi_dir = os.path.join(sock_dir, "cdi")
+    monkeypatch.setenv("SDPLITE_CDI_DIR", cdi_dir)
+    serve = start(
+        "serve", "--resource", f"example.com/serial={path}", "--plugin-dir", emulator.directory, "--cdi"
+    )
+    try:
+        found = emulator.wait_for_devices("example.com/serial", count=1, timeout=20)
+        (device_id,) = found.healthy
+        answer = emulator.allocate("example.com/serial", [device_id]).container_responses[0]
+        assert [c.name for c in answer.cdi_devices] == [f"example.com/serial={device_id}"]
+        with open(os.path.join(cdi_dir, "example.com-serial.json")) as handle:
+            spec = json.load(handle)
+        assert spec["devices"] == [
+            {"name": device_id, "containerEdits": {"deviceNodes": [{"path": path, "permissions": "rw"}]}}
+        ]
+    finally:
+        assert serve.stop() == 0
+    assert os.listdir(cdi_dir) == [], "a clean stop removes the spec"
+
+
 @pytest.mark.parametrize(
     "config,message",
     [
@@ -190,6 +215,18 @@ def test_serve_with_a_config_file_shares_and_mounts(sock_dir: str, emulator: Kub
         (
             {"resources": [{"name": "example.com/a", "paths": ["/x"]}], "interval": -1},
             "interval must be a positive number",
+        ),
+        (
+            {"resources": [{"name": "example.com/a", "paths": ["/x"]}], "metrics_port": 70000},
+            "metrics_port must be a TCP port number",
+        ),
+        (
+            {"resources": [{"name": "example.com/a", "paths": ["/x"]}], "cdi": "yes"},
+            "cdi must be true or false",
+        ),
+        (
+            {"resources": [{"name": "9com.example/a", "paths": ["/x"]}], "cdi": True},
+            "cannot be a CDI kind",
         ),
     ],
 )

@@ -185,3 +185,21 @@ def test_python_m_build_makes_a_wheel_and_sdist_that_run_the_demo(tmp_path: Any)
     )
     assert demo.returncode == 0, demo.stderr
     assert demo.stdout.rstrip().endswith("done.")
+
+
+def test_metrics_and_cdi_are_wired_through_the_daemonset() -> None:
+    """The config turns both on; the pod exposes and announces the metrics port and mounts the CDI dir."""
+    configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
+    config = parse_config(json.loads(configmap["data"]["serve.json"]))
+    daemonset = next(_typed(d) for d in manifests() if d["kind"] == "DaemonSet")
+    template = daemonset.spec.template
+    container = template.spec.containers[0]
+    (port,) = [p for p in container.ports if p.name == "metrics"]
+    assert config.metrics_port == port.container_port
+    assert template.metadata.annotations["prometheus.io/port"] == str(port.container_port)
+    assert config.cdi and {m.mount_path for m in container.volume_mounts} >= {"/var/run/cdi"}
+    assert {v.host_path.path for v in template.spec.volumes if v.host_path} >= {"/var/run/cdi"}
+    with open(os.path.join(DEPLOY, "monitoring", "podmonitor.yaml")) as handle:
+        monitor = yaml.safe_load(handle)
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= template.metadata.labels.items()
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]

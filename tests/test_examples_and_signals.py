@@ -107,3 +107,46 @@ def test_sighup_restarts_and_sigterm_stops_cleanly(kubelet: GrpcioKubelet) -> No
     finally:
         out = finish(proc)
     assert "received SIGHUP" in out and "received SIGTERM" in out
+
+
+def test_shared_gpu_example_replicas_health_checks_and_cdi(kubelet: GrpcioKubelet, sock_dir: str) -> None:
+    from interop.cdi_check import load
+
+    faults, cdi, status = (os.path.join(sock_dir, name) for name in ("faults", "cdi", "status.json"))
+    os.mkdir(faults)
+    env = {
+        "GPU_FAULT_DIR": faults,
+        "SDPLITE_CDI_DIR": cdi,
+        "CHECK_INTERVAL": "0.1",
+        "SDPLITE_STATUS_FILE": status,
+    }
+    proc = spawn("shared_gpu.py", kubelet.directory, **env)
+    resource = "example.com/gpu"
+    try:
+        kubelet.wait_for_devices(resource, lambda d: len(d) == 8 and all(x.health == "Healthy" for x in d))
+        answer = kubelet.allocate(resource, ["gpu-0::1", "gpu-0::2"]).container_responses[0]
+        assert [(d.host_path, d.container_path) for d in answer.devices] == [
+            ("/dev/null", "/dev/gpu-0"),
+            ("/dev/full", "/dev/gpuctl"),
+        ]
+        assert [c.name for c in answer.cdi_devices] == ["example.com/gpu=gpu-0"]
+        report = load(cdi, ["example.com/gpu=gpu-0"])
+        assert report["errors"] == {} and "error" not in report["injected"]["example.com/gpu=gpu-0"]
+        with open(os.path.join(faults, "gpu-1.fault"), "w") as handle:
+            handle.write("Xid 79: GPU has fallen off the bus\n")
+        kubelet.wait_for_devices(
+            resource,
+            lambda d: [x.ID for x in d if x.health != "Healthy"] == [f"gpu-1::{i}" for i in range(4)],
+        )
+        os.unlink(os.path.join(faults, "gpu-1.fault"))
+        kubelet.wait_for_devices(resource, lambda d: all(x.health == "Healthy" for x in d))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert os.listdir(cdi) == [], "a clean stop removes the CDI spec"
+    finally:
+        out = finish(proc)
+    assert (
+        "device gpu-1 is now Unhealthy: RuntimeError: Xid 79: GPU has fallen off the bus (2 checks in a row)"
+        in out
+    )
+    assert "device gpu-1 is now Healthy: health check passed 2 times in a row" in out

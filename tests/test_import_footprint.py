@@ -20,6 +20,7 @@ NOT_AT_IMPORT = [
     "sdplite.podresources",
     "sdplite.api.podresources_pb2",
     "sdplite.testing",
+    "sdplite.cdi",  # only with cdi=True
 ]
 
 
@@ -33,3 +34,41 @@ def test_import_sdplite_leaves_out_what_a_plugin_does_not_need() -> None:
     found = [name for name in NOT_AT_IMPORT if repr(name) in loaded]
     assert not found, f"import sdplite loads {found}"
     assert "'h2.connection'" in loaded and "'sdplite.api.deviceplugin_pb2'" in loaded
+
+
+#: What the optional features (replicas, CDI, health checks, metrics) load; a plugin without them loads none.
+FEATURES = [
+    "sdplite.features",
+    "sdplite.replicas",
+    "sdplite.cdi",
+    "sdplite.healthcheck",
+    "sdplite.metrics",
+    "sdplite.stats",
+    "http.server",
+]
+
+
+def loaded_after(code: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *sys.path[1:]])}
+    return subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; {code}; print(sorted(sys.modules))"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+
+
+def test_a_plugin_without_features_loads_none_of_their_code() -> None:
+    loaded = loaded_after(
+        "import sdplite; sdplite.build('example.com/x', 'x.sock', lambda: [], plugin_dir='/tmp')"
+    )
+    found = [name for name in FEATURES if repr(name) in loaded]
+    assert not found, f"a plugin without optional features loads {found}"
+    # The control: turning them on loads them (so the check above can fail).
+    loaded = loaded_after(
+        "import sdplite; sdplite.build('example.com/x', 'x.sock', lambda: [], plugin_dir='/tmp', replicas=2, "
+        "cdi=True, health_check=lambda d: None, metrics_port=0)"
+    )
+    # http.server only once the metrics endpoint starts.
+    assert all(repr(name) in loaded for name in FEATURES if name != "http.server"), loaded

@@ -44,7 +44,13 @@ def _sample() -> tuple[Any, Any]:
                                 claim_name="c",
                                 claim_namespace="ml",
                                 claim_resources=[
-                                    pr.ClaimResource(cdi_devices=[pr.CDIDevice(name="x.com/y=z")])
+                                    pr.ClaimResource(cdi_devices=[pr.CDIDevice(name="x.com/y=z")]),
+                                    pr.ClaimResource(
+                                        driver_name="gpu.example.com",
+                                        pool_name="node-1",
+                                        device_name="gpu-3",
+                                        share_id="6f1e5c3a-share",
+                                    ),
                                 ],
                             )
                         ],
@@ -138,6 +144,8 @@ def test_inspect_pod_resources(kubelet_pod_resources: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert "ml/trainer/main: example.com/gpu gpu-0, gpu-1" in result.stdout
     assert "example.com/gpu: gpu-0, gpu-1, gpu-2" in result.stdout
+    assert "ml/trainer/main: claim ml/c: cdi x.com/y=z" in result.stdout
+    assert "ml/trainer/main: claim ml/c: gpu.example.com node-1/gpu-3 share 6f1e5c3a-share" in result.stdout
     result = subprocess.run(
         [sys.executable, "-m", "sdplite", "inspect", "--pod-resources", path, "--json"],
         capture_output=True,
@@ -146,3 +154,15 @@ def test_inspect_pod_resources(kubelet_pod_resources: Any) -> None:
     )
     first = json.loads(result.stdout.splitlines()[0])
     assert first["pod_resources"]["pod_resources"][0]["name"] == "trainer"
+    claims = first["pod_resources"]["pod_resources"][0]["containers"][0]["dynamic_resources"][0]
+    assert [c.get("share_id") for c in claims["claim_resources"]] == [None, "6f1e5c3a-share"]
+
+
+def test_share_id_is_optional_with_presence() -> None:
+    """ClaimResource.share_id (field 5, Kubernetes 1.35) tells unset from empty, and older peers skip it."""
+    unset = pr.ClaimResource(device_name="gpu-3")
+    assert not unset.HasField("share_id")
+    empty = pr.ClaimResource(device_name="gpu-3", share_id="")
+    assert empty.HasField("share_id") and empty.SerializeToString() != unset.SerializeToString()
+    shared = pr.ClaimResource(device_name="gpu-3", share_id="s-1")
+    assert shared.SerializeToString() == bytes.fromhex("2205") + b"gpu-3" + bytes.fromhex("2a03") + b"s-1"

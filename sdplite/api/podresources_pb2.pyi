@@ -260,9 +260,14 @@ class ClaimResource(google.protobuf.message.Message):
     DRIVER_NAME_FIELD_NUMBER: builtins.int
     POOL_NAME_FIELD_NUMBER: builtins.int
     DEVICE_NAME_FIELD_NUMBER: builtins.int
+    SHARE_ID_FIELD_NUMBER: builtins.int
     driver_name: builtins.str
     pool_name: builtins.str
     device_name: builtins.str
+    share_id: builtins.str
+    """Set when the device is shared between claims (DRA consumable capacity,
+    Kubernetes 1.35): which share of the device this claim got.
+    """
     @property
     def cdi_devices(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___CDIDevice]: ...
     def __init__(
@@ -272,8 +277,11 @@ class ClaimResource(google.protobuf.message.Message):
         driver_name: builtins.str = ...,
         pool_name: builtins.str = ...,
         device_name: builtins.str = ...,
+        share_id: builtins.str | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["cdi_devices", b"cdi_devices", "device_name", b"device_name", "driver_name", b"driver_name", "pool_name", b"pool_name"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_share_id", b"_share_id", "share_id", b"share_id"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_share_id", b"_share_id", "cdi_devices", b"cdi_devices", "device_name", b"device_name", "driver_name", b"driver_name", "pool_name", b"pool_name", "share_id", b"share_id"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["_share_id", b"_share_id"]) -> typing.Literal["share_id"] | None: ...
 
 global___ClaimResource = ClaimResource
 

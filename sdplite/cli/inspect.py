@@ -6,13 +6,16 @@ the container would get; --preferred (with --size and --must-include) calls
 GetPreferredAllocation and --pre-start PreStartContainer, as the kubelet does.
 Works with plugins written with anything, not just sdplite. With
 --pod-resources it asks the kubelet's pod-resources API instead: which pod
-and container got which devices, and what is allocatable.
+and container got which devices, and what is allocatable. With
+--status it reads a running sdplite process's status file: registration,
+streams, and why each unhealthy device is unhealthy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -20,6 +23,7 @@ from ..api import deviceplugin_pb2 as pb
 from ..api import paths
 from ..podresources import PodResourcesClient
 from ..wire import Channel, GrpcError
+from .health import DEFAULT_STATUS_FILE
 
 
 def _devices_text(response: Any) -> str:
@@ -31,7 +35,8 @@ def _devices_text(response: Any) -> str:
 
 
 def message_dict(message: Any) -> dict[str, Any]:
-    """Every field of ``message``, zeros and falses included, numbers as numbers.
+    """Every field of ``message``, zeros and falses included, numbers as numbers;
+    an ``optional`` field that is not set is None.
 
     (protobuf's json_format leaves out default values and writes int64 as
     strings, so NUMA node 0 and ``false`` options vanished.)
@@ -49,6 +54,8 @@ def message_dict(message: Any) -> dict[str, Any]:
             body[field.name] = [message_dict(v) for v in value] if entry is not None else list(value)
         elif entry is not None:
             body[field.name] = message_dict(value)
+        elif getattr(field, "has_presence", False) and not message.HasField(field.name):
+            body[field.name] = None  # an `optional` field that is not set (share_id): null, not ""
         else:
             body[field.name] = value
     return body
@@ -67,6 +74,8 @@ def _emit(args: argparse.Namespace, title: str, message: Any, text: str) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.status is not None:
+        return _status(args)
     if args.pod_resources:
         return _pod_resources(args)
     if not args.socket:
@@ -160,16 +169,57 @@ def _pod_resources(args: argparse.Namespace) -> int:
     lines = [f"pods: {len(pods.pod_resources)}"]
     for pod in pods.pod_resources:
         for container in pod.containers:
+            where = f"{pod.namespace}/{pod.name}/{container.name}"
             for devices in container.devices:
-                lines.append(
-                    f"  {pod.namespace}/{pod.name}/{container.name}: {devices.resource_name} "
-                    f"{', '.join(devices.device_ids)}"
-                )
+                lines.append(f"  {where}: {devices.resource_name} {', '.join(devices.device_ids)}")
+            for claim in container.dynamic_resources:
+                lines += [
+                    f"  {where}: claim {claim.claim_namespace}/{claim.claim_name}: {_claim_text(resource)}"
+                    for resource in claim.claim_resources
+                ]
     lines.append("allocatable:")
     lines += [f"  {d.resource_name}: {', '.join(d.device_ids)}" for d in allocatable.devices]
     _emit(args, "pod_resources", pods, "\n".join(lines))
     if args.json:
         _emit(args, "allocatable", allocatable, "")
+    return 0
+
+
+def _claim_text(resource: Any) -> str:
+    """One DRA device of a claim: driver, pool/device, the share (if shared), CDI names."""
+    parts = []
+    if resource.driver_name or resource.device_name:
+        parts.append(f"{resource.driver_name} {resource.pool_name}/{resource.device_name}")
+    if resource.HasField("share_id"):
+        parts.append(f"share {resource.share_id}")
+    if resource.cdi_devices:
+        parts.append("cdi " + ", ".join(c.name for c in resource.cdi_devices))
+    return " ".join(parts) or "(nothing)"
+
+
+def _status(args: argparse.Namespace) -> int:
+    """What a running sdplite process says of itself in its status file, reasons included."""
+    try:
+        with open(args.status, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError) as exc:
+        print(f"sdplite inspect: cannot read status file {args.status}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(document, sort_keys=True), flush=True)
+        return 0
+    lines = [f"pid {document.get('pid')}, status written at {document.get('time', 0):.0f}"]
+    for plugin in document.get("plugins", []):
+        get = plugin.get
+        lines.append(
+            f"{get('resource')}: registered={get('registered')} streams={get('streams')} "
+            f"devices={get('devices')} healthy={get('healthy')}"
+        )
+        if get("error"):
+            lines[-1] += f" error={get('error')}"
+        for device in plugin.get("unhealthy", []):
+            lines.append(f"  {device.get('id'):40} Unhealthy  {device.get('reason') or '(no reason given)'}")
+    print("\n".join(lines), flush=True)
     return 0
 
 
@@ -202,6 +252,14 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="query the kubelet's pod-resources socket instead (SOCKET defaults to "
         f"{paths.POD_RESOURCES_SOCKET}): which pod and container got which devices",
+    )
+    parser.add_argument(
+        "--status",
+        nargs="?",
+        const=os.environ.get("SDPLITE_STATUS_FILE", DEFAULT_STATUS_FILE),
+        metavar="FILE",
+        help="read a running sdplite process's status file instead (default: $SDPLITE_STATUS_FILE or "
+        f"{DEFAULT_STATUS_FILE}): registration, streams, and each unhealthy device with its reason",
     )
     parser.add_argument("--follow", action="store_true", help="keep printing device list updates")
     parser.add_argument(

@@ -28,9 +28,13 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("give either --config or --resource flags, not both")
     if args.config:
         config = load_config(args.config)
-        if args.plugin_dir or args.interval:
+        if args.plugin_dir or args.interval or args.metrics_port or args.cdi:
             config = ServeConfig(
-                config.resources, args.plugin_dir or config.plugin_dir, args.interval or config.interval
+                config.resources,
+                args.plugin_dir or config.plugin_dir,
+                args.interval or config.interval,
+                args.metrics_port or config.metrics_port,
+                args.cdi or config.cdi,
             )
         return config
     if not args.resource:
@@ -51,7 +55,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                 "permissions": args.permissions,
             }
         )
-    raw: dict[str, Any] = {"resources": resources, "interval": args.interval or 5.0}
+    raw: dict[str, Any] = {"resources": resources, "interval": args.interval or 5.0, "cdi": args.cdi}
+    if args.metrics_port:
+        raw["metrics_port"] = args.metrics_port
     if args.plugin_dir:
         raw["plugin_dir"] = os.path.abspath(args.plugin_dir)
     return parse_config(raw)
@@ -64,10 +70,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"sdplite serve: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    plugins = [
-        build(r.name, r.socket_name, GlobDevices(r), plugin_dir=config.plugin_dir, interval=config.interval)
-        for r in config.resources
-    ]
+    try:
+        plugins = [
+            build(
+                r.name,
+                r.socket_name,
+                GlobDevices(r),
+                plugin_dir=config.plugin_dir,
+                interval=config.interval,
+                metrics_port=config.metrics_port,
+                cdi=config.cdi,
+            )
+            for r in config.resources
+        ]
+    except ValueError as exc:  # e.g. a resource name CDI cannot use as a kind
+        print(f"sdplite serve: configuration error: {exc}", file=sys.stderr)
+        return 2
     run_plugins(*plugins)
     return 0
 
@@ -94,6 +112,16 @@ def add_parser(commands: Any) -> None:
         "--permissions", default="rw", help="device node permissions from r, w, m (default rw)"
     )
     parser.add_argument("--interval", type=float, help="seconds between rescans (default 5)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics and /healthz on this TCP port (default: off)",
+    )
+    parser.add_argument(
+        "--cdi",
+        action="store_true",
+        help="write CDI specs into $SDPLITE_CDI_DIR or /var/run/cdi and name the devices in Allocate",
+    )
     parser.add_argument(
         "--plugin-dir",
         help="device-plugins directory (default: $SDPLITE_PLUGIN_DIR or /var/lib/kubelet/device-plugins)",

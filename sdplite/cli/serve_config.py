@@ -5,11 +5,17 @@ JSON, for example::
     {
       "plugin_dir": "/var/lib/kubelet/device-plugins",
       "interval": 5,
+      "metrics_port": 9400,
+      "cdi": true,
       "resources": [
         {"name": "example.com/serial", "paths": ["/dev/ttyUSB*"], "count": 1,
          "mount": false, "permissions": "rw"}
       ]
     }
+
+``metrics_port`` serves every resource's metrics and ``/healthz`` on that
+port; ``cdi`` writes a CDI spec per resource into ``$SDPLITE_CDI_DIR`` or
+``/var/run/cdi`` and names the devices in Allocate. Both are off when absent.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class ServeConfig:
     resources: tuple[ResourceConfig, ...]
     plugin_dir: Optional[str] = None
     interval: float = 5.0
+    metrics_port: Optional[int] = None
+    cdi: bool = False
 
 
 def _resource(raw: Any, where: str) -> ResourceConfig:
@@ -97,9 +105,12 @@ def _resource(raw: Any, where: str) -> ResourceConfig:
 def parse_config(raw: Any) -> ServeConfig:
     if not isinstance(raw, dict):
         raise ConfigError('the configuration must be a JSON object with a "resources" list')
-    unknown = set(raw) - {"resources", "plugin_dir", "interval"}
+    unknown = set(raw) - {"resources", "plugin_dir", "interval", "metrics_port", "cdi"}
     if unknown:
-        raise ConfigError(f"unknown field(s) {sorted(unknown)}: allowed are resources, plugin_dir, interval")
+        raise ConfigError(
+            f"unknown field(s) {sorted(unknown)}: allowed are resources, plugin_dir, interval, "
+            f"metrics_port, cdi"
+        )
     resources = raw.get("resources")
     if not isinstance(resources, list) or not resources:
         raise ConfigError(
@@ -117,7 +128,15 @@ def parse_config(raw: Any) -> ServeConfig:
     plugin_dir = raw.get("plugin_dir")
     if plugin_dir is not None and (not isinstance(plugin_dir, str) or not os.path.isabs(plugin_dir)):
         raise ConfigError(f"plugin_dir must be an absolute directory path (got {plugin_dir!r})")
-    return ServeConfig(parsed, plugin_dir, float(interval))
+    metrics_port = raw.get("metrics_port")
+    if metrics_port is not None and (
+        not isinstance(metrics_port, int) or isinstance(metrics_port, bool) or not 0 < metrics_port < 65536
+    ):
+        raise ConfigError(f"metrics_port must be a TCP port number from 1 to 65535 (got {metrics_port!r})")
+    cdi = raw.get("cdi", False)
+    if not isinstance(cdi, bool):
+        raise ConfigError(f"cdi must be true or false (got {cdi!r})")
+    return ServeConfig(parsed, plugin_dir, float(interval), metrics_port, cdi)
 
 
 def load_config(path: str) -> ServeConfig:

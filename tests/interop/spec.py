@@ -249,6 +249,48 @@ def test_get_preferred_allocation(kubelet: KubeletPeer, started: Any) -> None:
     assert reply["ids"] == ["gpu-0", "gpu-2"]
 
 
+class SendOnce:
+    """A plugin that sends its list once; health then comes only through set_health."""
+
+    def __init__(self, devices: Sequence[Device]) -> None:
+        self.devices = list(devices)
+
+    def list_and_watch(self, watch: Any) -> None:
+        watch.send(self.devices)
+        watch.wait()
+
+
+def test_replicas_share_devices_and_their_health(kubelet: KubeletPeer, started: Any) -> None:
+    """Replicas: two IDs per GPU with its topology; Allocate maps them back and merges the data;
+    the default GetPreferredAllocation spreads; one push turns all of a GPU's replicas Unhealthy."""
+    plugin = build(RESOURCE, "gpu.sock", SendOnce(GPUS[:2]), plugin_dir=kubelet.directory, replicas=2)
+    started(plugin)
+    registered = kubelet.wait_registered(RESOURCE)
+    assert registered["options"]["get_preferred_allocation_available"] is True
+    first = kubelet.wait_list(RESOURCE, lambda e: e["count"] == 4)
+    assert first["devices"] == [
+        ["gpu-0::0", "Healthy", [0]],
+        ["gpu-0::1", "Healthy", [0]],
+        ["gpu-1::0", "Healthy", [1]],
+        ["gpu-1::1", "Healthy", [1]],
+    ]
+    (container,) = check(kubelet.allocate(RESOURCE, ["gpu-0::0", "gpu-0::1", "gpu-1::1"]))["containers"]
+    assert container["devices"] == [["/dev/g0", "/dev/gpu0", "r"], ["/dev/gpu1", "/dev/gpu1", "rw"]]
+    assert container["envs"] == {"GPUS": "0,1"} and container["cdi"] == ["example.com/gpu=0"]
+    everything = ["gpu-0::0", "gpu-0::1", "gpu-1::0", "gpu-1::1"]
+    assert check(kubelet.preferred(RESOURCE, everything, [], 2))["ids"] == ["gpu-0::0", "gpu-1::0"]
+    mark = kubelet.mark()
+    plugin.set_health("gpu-1", False, "Xid 79")
+    update = kubelet.wait_list(RESOURCE, lambda e: e["healthy"] == 2, since=mark)
+    assert health(update) == {
+        "gpu-0::0": "Healthy",
+        "gpu-0::1": "Healthy",
+        "gpu-1::0": "Unhealthy",
+        "gpu-1::1": "Unhealthy",
+    }
+    assert len(kubelet.find("list", mark, resource=RESOURCE)) == 1, "one message for both replicas"
+
+
 def test_pre_start_container_within_the_kubelets_30s_deadline(kubelet: KubeletPeer, started: Any) -> None:
     """PreStartContainer with the kubelet's 30 s deadline reaches the hook and succeeds."""
     plugin, hooks = plugin_with_gpus(kubelet.directory)
