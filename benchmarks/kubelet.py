@@ -1,6 +1,6 @@
 """The kubelet stand-in and client every plugin is measured against: one grpcio process, the harness.
 
-It does what the kubelet does (KUBELET.md 2-4): serves Registration on
+It does what the kubelet does (docs/design.md, "Kubelet facts the code relies on"): serves Registration on
 ``kubelet.sock``; inside Register dials the plugin back (authority
 ``localhost``, waits until ready) and calls GetDevicePluginOptions; then
 holds ListAndWatch open on a thread. Allocate calls go through the same

@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 from .api import deviceplugin_pb2 as pb
 from .api.paths import HEALTHY, UNHEALTHY
 from .logtext import cut
+from .wire.framing import DEFAULT_MAX_MESSAGE, MESSAGE_PREFIX_BYTES
 
 __all__ = [
     "Device",
@@ -24,12 +25,15 @@ __all__ = [
     "MAX_LIST_BYTES",
     "normalize_devices",
     "encode_device_list",
+    "encode_device_entry",
+    "split_device_list",
+    "join_device_list",
     "check_list_size",
     "default_allocation",
 ]
 
-#: The kubelet's receive limit, which a ListAndWatch message must fit (with its 5-byte prefix).
-MAX_LIST_BYTES = 4 * 1024 * 1024 - 5
+#: The kubelet's receive limit, which a ListAndWatch message must fit with its gRPC prefix.
+MAX_LIST_BYTES = DEFAULT_MAX_MESSAGE - MESSAGE_PREFIX_BYTES
 
 
 class DeviceListError(ValueError):
@@ -235,10 +239,9 @@ class Device:
 
     def to_proto(self) -> pb.Device:
         """The v1beta1 Device message (ID, health, topology)."""
-        device = pb.Device(ID=self.id, health=self.health)
-        if self.numa_nodes:
-            device.topology.nodes.extend(pb.NUMANode(ID=n) for n in self.numa_nodes)
-        return device
+        message = pb.Device()
+        _write_device(message, self)
+        return message
 
     @classmethod
     def from_proto(cls, device: pb.Device) -> Device:
@@ -358,6 +361,28 @@ def normalize_devices(devices: Any) -> tuple[Device, ...]:
     return result
 
 
+# -- the device list on the wire ----------------------------------------------------
+#
+# One place knows how a device list becomes bytes. A ListAndWatchResponse has
+# one field, ``repeated Device devices = 1``; protobuf writes a repeated message
+# field as one entry per element, each entry the tag byte 0x0a, the element's
+# length as a varint and the element's bytes, and a message is the plain
+# concatenation of its fields' entries (protobuf encoding guide, "Length-delimited
+# records" and "Repeated elements": https://protobuf.dev/programming-guides/encoding/).
+# So the list's bytes are its devices' entries joined, and one device's entry is
+# what encoding a one-device list gives: a health change re-encodes one device.
+
+
+def _write_device(message: pb.Device, device: Device) -> None:
+    """Fill a v1beta1 Device message: the only place a Device becomes wire fields."""
+    message.ID = device.id
+    message.health = HEALTHY if device.healthy else UNHEALTHY
+    if device.numa_nodes:
+        add_node = message.topology.nodes.add
+        for node in device.numa_nodes:
+            add_node(ID=node)
+
+
 def encode_device_list(devices: Sequence[Device]) -> bytes:
     """Serialise a ListAndWatchResponse once, for every watcher; refuse one over 4 MiB."""
     # Built in place (devices.add), not as standalone messages copied in:
@@ -365,12 +390,51 @@ def encode_device_list(devices: Sequence[Device]) -> bytes:
     message = pb.ListAndWatchResponse()
     add = message.devices.add
     for device in devices:
-        entry = add(ID=device.id, health=HEALTHY if device.healthy else UNHEALTHY)
-        for node in device.numa_nodes:
-            entry.topology.nodes.add(ID=node)
+        _write_device(add(), device)
     data = message.SerializeToString()
     check_list_size(len(devices), len(data))
     return data
+
+
+def encode_device_entry(device: Device) -> bytes:
+    """One device's entry in an encoded list (see :func:`split_device_list`)."""
+    return encode_device_list((device,))
+
+
+def split_device_list(encoded: bytes) -> list[bytes]:
+    """Cut :func:`encode_device_list`'s bytes into one entry per device, in order.
+
+    ``b"".join`` of the result gives ``encoded`` back, and replacing one entry
+    with :func:`encode_device_entry` of a changed device gives the bytes the
+    whole changed list would encode to.
+    """
+    entries: list[bytes] = []
+    view = memoryview(encoded)
+    pos = 0
+    end = len(encoded)
+    while pos < end:
+        start = pos
+        if encoded[pos] != 0x0A:
+            raise ValueError(f"byte {pos}: not a ListAndWatchResponse.devices entry (tag {encoded[pos]:#x})")
+        pos += 1
+        length = shift = 0
+        while True:
+            byte = encoded[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        pos += length
+        entries.append(bytes(view[start:pos]))
+    return entries
+
+
+def join_device_list(entries: Sequence[bytes]) -> bytes:
+    """The encoded list made of these entries; refuse one over 4 MiB like :func:`encode_device_list`."""
+    encoded = b"".join(entries)
+    check_list_size(len(entries), len(encoded))
+    return encoded
 
 
 def check_list_size(count: int, size: int) -> None:

@@ -23,10 +23,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from .health import judge, plugin_status
-from .lifecycle import PluginError
 from .logtext import cut
+from .serving import PluginError
 from .stats import Stats
+from .status_file import judge
 
 if TYPE_CHECKING:
     from .wire.shutdown import Shutdown
@@ -136,7 +136,7 @@ def render(plugins: Sequence[Any]) -> str:
 
 def healthz(plugins: Sequence[Any]) -> tuple[bool, str]:
     """``sdplite health``'s judgement of these plugins."""
-    return judge([plugin_status(p, p.registered, p.error) for p in plugins])
+    return judge([p.controller.status() for p in plugins])
 
 
 class MetricsServer:

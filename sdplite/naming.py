@@ -1,8 +1,9 @@
 """Checks on names the kubelet would refuse, done before anything starts.
 
-The resource-name rules are the kubelet's IsExtendedResourceName (see
-KUBELET.md section 2): a name it rejects makes Register fail for good, so we
-refuse it up front with a message that says how to fix it.
+The resource-name rules are the kubelet's IsExtendedResourceName
+(kubernetes/kubernetes pkg/apis/core/v1/helper/helpers.go; docs/design.md,
+"Kubelet facts the code relies on"): a name it rejects makes Register fail for
+good, so we refuse it up front with a message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 
+from .wire.socket_file import MAX_UNIX_PATH, path_too_long
+
 __all__ = ["validate_resource_name", "validate_socket_name", "InvalidNameError"]
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-
-#: Longest path a Unix socket address can hold on Linux (108 bytes with NUL).
-MAX_SOCKET_PATH = 107
 
 
 class InvalidNameError(ValueError):
@@ -68,10 +68,10 @@ def validate_socket_name(name: str, directory: str) -> str:
         if "\0" in value:
             raise InvalidNameError(f"{what} {value!r} contains a NUL byte, which no path can hold: remove it")
     path = os.path.join(directory, name)
-    size = len(os.fsencode(path))
-    if size > MAX_SOCKET_PATH:
+    size = path_too_long(path)
+    if size is not None:
         raise InvalidNameError(
-            f"socket path {path!r} is {size} bytes; Unix sockets allow {MAX_SOCKET_PATH}: "
+            f"socket path {path!r} is {size} bytes; Unix sockets allow {MAX_UNIX_PATH}: "
             f"use a shorter socket name or plugin_dir"
         )
     return path

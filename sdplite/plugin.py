@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .api import paths
-from .devices import Device, DeviceListError
+from .devices import Device
+from .feed import DeviceFeed
 from .impl import DevicePluginImpl, SimpleImpl
-from .lifecycle import Controller, PluginError
-from .logtext import cut
+from .lifecycle import Controller, Waker
 from .naming import validate_resource_name, validate_socket_name
-from .registration import REGISTER_TIMEOUT
-from .service import DeviceState
+from .registration import (
+    REGISTER_TIMEOUT,
+    KubeletRegistration,
+    RegisterAttempt,
+    Registration,
+    WatcherRegistration,
+    device_plugin_info,
+)
+from .restarts import RestartWatch
+from .service import DevicePluginService, DeviceState, plugin_options
+from .serving import PluginError, Serving
 from .supervisor import BackgroundRunner
 from .supervisor import run as run_plugins
 from .wire import Server
@@ -25,8 +33,6 @@ if TYPE_CHECKING:
     from .wire.shutdown import Shutdown
 
 __all__ = ["build", "DevicePlugin", "DEFAULT_PLUGIN_DIR"]
-
-log = logging.getLogger("sdplite")
 
 DEFAULT_PLUGIN_DIR = paths.DEVICE_PLUGIN_PATH.rstrip("/")
 DEFAULT_REGISTRY_DIR = paths.PLUGINS_REGISTRY_PATH.rstrip("/")
@@ -66,9 +72,66 @@ class DevicePlugin:
         #: Optional features (CDI spec, health checks, metrics): objects with
         #: start() and stop(), run while the plugin runs (see :mod:`sdplite.features`).
         self.features: list[Any] = []
-        self._controller: Optional[Controller] = None
+        #: Runs this plugin's life (serve, register, restart); the supervisor schedules it.
+        self.controller = self._make_controller()
         self._runner: Optional[BackgroundRunner] = None
-        self._last_error: Optional[str] = None
+
+    def _make_controller(self) -> Controller:
+        waker = Waker()
+        state = self.state
+        self._feed = DeviceFeed(
+            self.impl,
+            state.report,
+            self.resource_name,
+            self.socket_name,
+            waker,
+            has_list=lambda: state.has_list,
+            on_bad_list=lambda: self._count("errors", kind="device_list"),
+        )
+        if self.registry_dir:
+            hint = (
+                f"set registry_dir (or $SDPLITE_REGISTRY_DIR) to the kubelet's {paths.PLUGINS_REGISTRY_PATH}"
+            )
+        else:
+            hint = (
+                f"set plugin_dir (or $SDPLITE_PLUGIN_DIR) to the kubelet's device-plugins directory, "
+                f"{paths.DEVICE_PLUGIN_PATH}"
+            )
+        serving = Serving(self.socket_path, self.resource_name, self.server_options, directory_hint=hint)
+        registration: Registration
+        if self.registry_dir:
+            restarts = RestartWatch()  # the plugin watcher finds us again by itself
+            registration = WatcherRegistration(device_plugin_info(self.resource_name), self.socket_path)
+        else:
+            restarts = RestartWatch(self.kubelet_socket)
+            registration = KubeletRegistration(
+                self.resource_name,
+                self.socket_name,
+                self.kubelet_socket,
+                self._register_attempt,
+                waker,
+                on_attempt=restarts.register_started,
+                detail=lambda: f"{len(state.devices)} devices",
+                stats=lambda: state.stats,
+            )
+        service = DevicePluginService(self.impl, state, self._feed)
+        return Controller(
+            service, [serving], registration, restarts, waker, self.features, lambda: state.stats
+        )
+
+    def _count(self, name: str, **labels: str) -> None:
+        stats = self.state.stats
+        if stats is not None:
+            stats.count(name, **labels)
+
+    def _register_attempt(self) -> RegisterAttempt:
+        return RegisterAttempt(
+            self.kubelet_socket,
+            self.resource_name,
+            self.socket_name,
+            plugin_options(self.impl, default_preferred=self.state.replicas is not None),
+            timeout=self.register_timeout,
+        )
 
     def __repr__(self) -> str:
         return f"DevicePlugin({self.resource_name!r}, {self.socket_path!r}, {self.impl!r})"
@@ -109,31 +172,23 @@ class DevicePlugin:
     @property
     def registered(self) -> bool:
         """True while the kubelet has this plugin registered."""
-        return self._controller is not None and self._controller.registered.is_set()
+        return self.controller.registered.is_set()
 
     def wait_registered(self, timeout: float = 30.0) -> bool:
         """Block until registered with the kubelet (True) or ``timeout`` passes."""
-        controller = self._controller
-        if controller is None:
+        if not self.controller.running:
             raise RuntimeError("the plugin is not running: call start() or run() first")
-        return controller.registered.wait(timeout)
+        return self.controller.registered.wait(timeout)
 
     @property
     def error(self) -> Optional[str]:
         """Why the plugin stopped on its own (a registration the kubelet refuses), if it did."""
-        if self._controller is not None:
-            return self._controller.fatal
-        return self._last_error
+        return self.controller.fatal
 
     def restart(self, reason: str = "requested") -> None:
         """Restart the server and register again, as on SIGHUP."""
-        if self._controller is not None:
-            self._controller.request_restart(reason)
-
-    def _attach(self, controller: Optional[Controller]) -> None:
-        if self._controller is not None:
-            self._last_error = self._controller.fatal
-        self._controller = controller
+        if self.controller.running:
+            self.controller.request_restart(reason)
 
     # -- devices ---------------------------------------------------------------
 
@@ -179,37 +234,19 @@ class DevicePlugin:
 
     def start_features(self) -> None:
         """Start the optional features (the supervisor calls this when the plugin starts running)."""
-        for feature in self.features:
-            feature.start()
+        self.controller.start_features()
 
     def stop_features(self, shutdown: Optional[Shutdown] = None) -> None:
         """Stop them again, last first (called once the plugin has stopped serving);
         what is still running at ``shutdown``'s deadline is named there."""
-        for feature in reversed(self.features):
-            try:
-                feature.stop(shutdown)
-            except Exception:
-                log.exception("%s: stopping %r failed", self.resource_name, feature)
+        self.controller.stop_features(shutdown)
 
     def rescan(self) -> None:
         """Simple mode: re-read ``get_devices`` now rather than at the next interval."""
         if not isinstance(self.impl, SimpleImpl):
             raise TypeError("rescan() is for simple mode; flexible mode sends lists itself")
-        if self._controller is not None:
-            self._controller.request_scan()
-
-    def _publish_from_impl(self, devices: Any, source: str = "list_and_watch") -> None:
-        """A list from ``watch.send`` or ``get_devices``: a bad one is logged and the last good one stays."""
-        try:
-            self.state.report(devices)
-        except DeviceListError as exc:
-            if self.state.stats is not None:
-                self.state.stats.count("errors", kind="device_list")
-            if self.state.has_list:
-                outcome = "keeping the last good one"
-            else:
-                outcome = "no good list yet, so the kubelet sees 0 devices until one comes"
-            log.error("%s: %s sent a bad list, %s: %s", self.resource_name, source, outcome, cut(exc))
+        if self.controller.running:
+            self._feed.request_scan()
 
 
 #: What build() takes: a get_devices callable (simple mode) or an object with

@@ -1,21 +1,33 @@
 """Registering with the kubelet: through ``kubelet.sock``, or found in plugins_registry.
 
 The kubelet answers Register only after it has dialled our socket back and
-fetched our options, so our server must already be serving (KUBELET.md 2).
+fetched our options, so our server must already be serving (docs/design.md,
+"Kubelet facts the code relies on").
 Its refusals come back as UNKNOWN with a text; two of them can never
 succeed on retry (an unsupported version, an invalid resource name).
+
+Two ways to register, one interface for the plugin's controller
+(:class:`Registration`): :class:`KubeletRegistration` calls Register on a
+short-lived thread and retries with backoff; :class:`WatcherRegistration`
+serves ``pluginregistration.Registration`` beside the plugin's own service and
+waits for the kubelet's plugin watcher to call. A DRA plugin uses the second
+with its own :class:`PluginInfo`.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from .api import deviceplugin_pb2 as pb
 from .api import paths
 from .api import pluginregistration_pb2 as reg
+from .logtext import cut
 from .wire import Channel, GrpcError, Method, ServerContext, StatusCode, unary
+from .wire.shutdown import Shutdown
+from .wire.socket_file import FileId, file_id
 
 __all__ = [
     "RegisterOutcome",
@@ -23,10 +35,19 @@ __all__ = [
     "RegisterAttempt",
     "register",
     "plugin_watcher_methods",
+    "device_plugin_info",
+    "Registration",
+    "KubeletRegistration",
+    "WatcherRegistration",
 ]
+
+log = logging.getLogger("sdplite")
 
 #: How long to wait for Register: the kubelet's dial-back alone may take 10 s.
 REGISTER_TIMEOUT = 30.0
+#: The pause after a failed Register: doubled after each failure up to the cap.
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 5.0
 
 _FATAL_MARKERS = ("is not supported by kubelet", "is invalid")
 
@@ -133,22 +154,29 @@ class RegisterAttempt:
             channel.close()
 
 
-# -- plugin-watcher registration (KUBELET.md 6) -------------------------------------
+# -- plugin-watcher registration -------------------------------------------------------
+# kubelet pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go: the
+# watcher dials a socket it found in plugins_registry, asks GetInfo (1 s deadline),
+# hands the plugin to the handler for its type, then calls NotifyRegistrationStatus.
 
 
-def plugin_watcher_methods(resource_name: str, on_status: Callable[[bool, str], None]) -> list[Method[Any]]:
-    """The ``pluginregistration.Registration`` service for a socket in plugins_registry.
-
-    The kubelet finds the socket itself, asks GetInfo, connects to the
-    DevicePlugin service on the same socket (empty endpoint) and reports the
-    outcome with NotifyRegistrationStatus.
-    """
-    info = reg.PluginInfo(
+def device_plugin_info(resource_name: str, endpoint: str = "") -> reg.PluginInfo:
+    """GetInfo's answer for a device plugin; an empty endpoint means "this same socket"."""
+    return reg.PluginInfo(
         type=paths.DEVICE_PLUGIN_TYPE,
         name=resource_name,
-        endpoint="",
+        endpoint=endpoint,
         supported_versions=list(paths.SUPPORTED_VERSIONS),
     )
+
+
+def plugin_watcher_methods(info: reg.PluginInfo, on_status: Callable[[bool, str], None]) -> list[Method[Any]]:
+    """The ``pluginregistration.Registration`` service for a socket in plugins_registry.
+
+    The kubelet finds the socket itself, asks GetInfo (answered with ``info``),
+    connects to the plugin's service at ``info.endpoint`` (empty: the same
+    socket) and reports the outcome with NotifyRegistrationStatus.
+    """
 
     def get_info(request: reg.InfoRequest, context: ServerContext) -> reg.PluginInfo:
         return info
@@ -161,3 +189,221 @@ def plugin_watcher_methods(resource_name: str, on_status: Callable[[bool, str], 
         unary(paths.GET_INFO, get_info, reg.InfoRequest),
         unary(paths.NOTIFY_REGISTRATION_STATUS, notify, reg.RegistrationStatus),
     ]
+
+
+# -- the controller's view of registering ------------------------------------------------
+
+
+class Registration(Protocol):
+    """How a plugin gets registered, as its controller drives it (docs/design.md, "A plugin's life").
+
+    Only the controller's thread calls these methods, except that
+    :attr:`registered` may be read anywhere.
+    """
+
+    #: Set while the kubelet has the plugin registered.
+    registered: threading.Event
+    #: Why registering can never succeed (the plugin then stops), or None.
+    fatal: Optional[str]
+    #: The identity ``kubelet.sock`` had when the registration that holds began (None if none).
+    registered_through: Optional[FileId]
+
+    def methods(self) -> list[Method[Any]]:
+        """Methods to serve beside the plugin's own (the plugin watcher's two), or none."""
+
+    def server_started(self) -> None:
+        """A fresh server listens: register (again) as soon as possible."""
+
+    def server_stopped(self) -> None:
+        """The server is going: nobody has us registered, abandon a call in flight."""
+
+    def step(self, now: float) -> float:
+        """Start or collect a registration as due; return when to be called again."""
+
+    def request(self) -> None:
+        """Try at once rather than after the backoff (``kubelet.sock`` just appeared)."""
+
+    def peer_left(self) -> None:
+        """The kubelet dropped the last stream it held on us."""
+
+    def shutdown(self, shutdown: Shutdown) -> None:
+        """Stop for good: a call in flight abandoned, its thread waited for until ``shutdown``'s deadline."""
+
+
+class KubeletRegistration:
+    """Register through ``kubelet.sock``: after every server start, with backoff after failures.
+
+    Each Register runs on a short-lived thread (``make_attempt`` builds the
+    call; a test gives one that needs no kubelet), so the controller keeps
+    watching sockets while the kubelet dials back. ``on_attempt`` is called
+    as each attempt begins, ``wake`` when one ends; ``detail`` gives a few
+    words for the "registered" log line (e.g. "4 devices"); ``stats`` the
+    metrics counters, or None.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: str,
+        kubelet_socket: str,
+        make_attempt: Callable[[], RegisterAttempt],
+        wake: Callable[[], None],
+        on_attempt: Callable[[], None] = lambda: None,
+        detail: Callable[[], str] = lambda: "",
+        identify: Callable[[str], Optional[FileId]] = file_id,
+        stats: Callable[[], Any] = lambda: None,
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.kubelet_socket = kubelet_socket
+        self.registered = threading.Event()
+        self.fatal: Optional[str] = None
+        self.registered_through: Optional[FileId] = None
+        self._make_attempt = make_attempt
+        self._wake = wake
+        self._on_attempt = on_attempt
+        self._detail = detail
+        self._stats = stats
+        self._identify = identify
+        self._next = 0.0
+        self._backoff = BACKOFF_FIRST
+        self._attempt: Optional[RegisterAttempt] = None
+        self._thread: Optional[threading.Thread] = None
+        self._attempt_kubelet_id: Optional[FileId] = None
+
+    def methods(self) -> list[Method[Any]]:
+        return []
+
+    def server_started(self) -> None:
+        self._next = 0.0
+        self._backoff = BACKOFF_FIRST
+
+    def server_stopped(self) -> None:
+        self.registered.clear()
+        self._abandon()
+
+    def request(self) -> None:
+        self._next = 0.0
+
+    def peer_left(self) -> None:
+        pass  # the restart rules decide (restarts.py): a kubelet restart may follow
+
+    def step(self, now: float) -> float:
+        self._collect(now)
+        if self.registered.is_set() or self.fatal or self._attempt is not None:
+            return float("inf")
+        if now < self._next:
+            return self._next
+        self._start()
+        return float("inf")  # the attempt's thread wakes us
+
+    def shutdown(self, shutdown: Shutdown) -> None:
+        self.registered.clear()
+        self._abandon()
+        shutdown.join(self._thread, "the Register call to the kubelet")
+
+    def _start(self) -> None:
+        attempt = self._make_attempt()
+        self._attempt = attempt
+        self._attempt_kubelet_id = self._identify(self.kubelet_socket)
+        self._on_attempt()
+
+        def run() -> None:
+            attempt.run()
+            self._wake()
+
+        self._thread = threading.Thread(target=run, name=f"sdplite-register-{self.endpoint}", daemon=True)
+        self._thread.start()
+
+    def _abandon(self, wait: float = 0.0) -> None:
+        """Close the Register call in progress, if any; its thread ends soon after.
+
+        ``_thread`` stays set, for :meth:`shutdown` to wait for.
+        """
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.close()
+        thread = self._thread
+        if thread is not None and wait:
+            thread.join(wait)
+
+    def _collect(self, now: float) -> None:
+        attempt = self._attempt
+        if attempt is None or attempt.result is None:
+            return
+        self._abandon(wait=1.0)
+        result = attempt.result
+        stats = self._stats()
+        if stats is not None:
+            if result.outcome is RegisterOutcome.OK:
+                stats.count("registrations")
+            else:
+                stats.count("errors", kind="register")
+        if result.outcome is RegisterOutcome.OK:
+            self.registered_through = self._attempt_kubelet_id
+            self._backoff = BACKOFF_FIRST
+            self.registered.set()
+            detail = self._detail()
+            log.info(
+                "%s: registered with the kubelet (endpoint %s%s)",
+                self.name,
+                self.endpoint,
+                f", {detail}" if detail else "",
+            )
+            return
+        if result.outcome is RegisterOutcome.FATAL:
+            self.fatal = f"the kubelet refused to register {self.name}: {cut(result.message)}"
+            log.error("%s", self.fatal)
+            return
+        log.warning(
+            "%s: registration failed, retrying in %.1fs: %s", self.name, self._backoff, cut(result.message)
+        )
+        self._next = now + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_CAP)
+
+
+class WatcherRegistration:
+    """Registration by the kubelet's plugin watcher: serve GetInfo and wait to be told.
+
+    The watcher finds our socket in plugins_registry by itself and finds it
+    again after a kubelet restart, so there is nothing to retry and no
+    restart to detect; a dropped stream only means we are not registered
+    until the watcher calls again.
+    """
+
+    def __init__(self, info: reg.PluginInfo, where: str) -> None:
+        self.info = info
+        self.where = where  # the registration socket's path, for log lines
+        self.registered = threading.Event()
+        self.fatal: Optional[str] = None
+        self.registered_through: Optional[FileId] = None
+
+    def methods(self) -> list[Method[Any]]:
+        return plugin_watcher_methods(self.info, self._status)
+
+    def server_started(self) -> None:
+        pass
+
+    def server_stopped(self) -> None:
+        self.registered.clear()
+
+    def request(self) -> None:
+        pass
+
+    def peer_left(self) -> None:
+        self.registered.clear()
+
+    def step(self, now: float) -> float:
+        return float("inf")
+
+    def shutdown(self, shutdown: Shutdown) -> None:
+        self.registered.clear()
+
+    def _status(self, registered: bool, error: str) -> None:
+        """NotifyRegistrationStatus from the kubelet's plugin watcher."""
+        if registered:
+            self.registered.set()
+            log.info("%s: registered with the kubelet's plugin watcher (%s)", self.info.name, self.where)
+        else:
+            self.registered.clear()
+            log.error("%s: the kubelet's plugin watcher refused the plugin: %s", self.info.name, cut(error))

@@ -3,7 +3,10 @@
 :class:`DeviceState` holds one plugin's current device list, serialised once
 per change, what the plugin's owner told it (``set_health``, ``publish``) and
 the open ListAndWatch streams; :func:`device_plugin_methods` turns an
-implementation and that state into transport methods.
+implementation and that state into transport methods;
+:class:`DevicePluginService` is what a device plugin's controller serves
+(:class:`~.lifecycle.Service`): those methods, the implementation's hooks and
+its device feed.
 
 Two sources write the list: the owner (:meth:`DeviceState.publish`,
 :meth:`DeviceState.set_health`) and the implementation
@@ -29,23 +32,27 @@ from .devices import (
     Allocation,
     Device,
     DeviceListError,
-    check_list_size,
     default_allocation,
+    encode_device_entry,
     encode_device_list,
+    join_device_list,
     normalize_devices,
+    split_device_list,
 )
+from .feed import DeviceFeed
 from .impl import has_hook
-from .logtext import cut, cut_list
+from .logtext import cut, cut_list, cut_traceback
 from .wire import GrpcError, Method, ResponseStream, ServerContext, StatusCode
 from .wire import server_streaming as streaming_method
 from .wire import unary as unary_method
 from .wire.handlers import status_of
+from .wire.shutdown import Shutdown
 
 if TYPE_CHECKING:
     from .replicas import Replicas
     from .stats import Stats
 
-__all__ = ["DeviceState", "plugin_options", "device_plugin_methods"]
+__all__ = ["DeviceState", "DevicePluginService", "plugin_options", "device_plugin_methods"]
 
 log = logging.getLogger("sdplite")
 
@@ -236,7 +243,8 @@ class DeviceState:
             by_id = dict(self._by_id)  # a new dict: snapshot() callers keep theirs
             encoded = self._encoded
             if self._entries is None:
-                self._entries, self._positions = _split_entries(self._encoded, self._devices)
+                self._entries = split_device_list(self._encoded)
+                self._positions = {d.id: i for i, d in enumerate(self._devices)}
             entries = self._entries
             replaced: list[tuple[int, bytes]] = []  # (index, old entry), to undo a refused change
             for before in befores:
@@ -245,10 +253,10 @@ class DeviceState:
                 devices[index] = by_id[after.id] = after
                 if moved:
                     replaced.append((index, entries[index]))
-                    entries[index] = encode_device_list((after,))
+                    entries[index] = encode_device_entry(after)
             if moved:
                 try:
-                    encoded = _join_entries(entries)
+                    encoded = join_device_list(entries)
                 except DeviceListError:
                     for index, entry in replaced:
                         entries[index] = entry
@@ -363,41 +371,6 @@ class DeviceState:
             streams, self._streams = self._streams, set()
         for stream in streams:
             stream.end()
-
-
-def _split_entries(encoded: bytes, devices: Sequence[Device]) -> tuple[list[bytes], dict[str, int]]:
-    """Cut a serialised ListAndWatchResponse into its ``devices`` entries.
-
-    Every entry is field 1 (tag byte 0x0a), a varint length and a Device:
-    exactly what encoding a one-device list gives, so entries can be
-    replaced one at a time and joined back into the same bytes.
-    """
-    entries: list[bytes] = []
-    view = memoryview(encoded)
-    pos = 0
-    end = len(encoded)
-    while pos < end:
-        start = pos
-        pos += 1  # the tag
-        length = shift = 0
-        while True:
-            byte = encoded[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        pos += length
-        entries.append(bytes(view[start:pos]))
-    if len(entries) != len(devices):  # cannot happen: the list encodes only devices
-        raise AssertionError(f"{len(entries)} encoded entries for {len(devices)} devices")
-    return entries, {d.id: i for i, d in enumerate(devices)}
-
-
-def _join_entries(entries: list[bytes]) -> bytes:
-    encoded = b"".join(entries)
-    check_list_size(len(entries), len(encoded))
-    return encoded
 
 
 def plugin_options(impl: Any, default_preferred: bool = False) -> pb.DevicePluginOptions:
@@ -626,3 +599,73 @@ def device_plugin_methods(
     if preferred_hook is not None:
         methods.append(unary_method(paths.GET_PREFERRED_ALLOCATION, preferred, pb.PreferredAllocationRequest))
     return methods
+
+
+#: At most this many unhealthy devices (with their reasons) are listed per plugin in its status.
+MAX_LISTED = 100
+
+
+class DevicePluginService:
+    """A device plugin as its controller sees it: the five RPCs, the hooks, the device feed.
+
+    Implements :class:`~.lifecycle.Service`; see docs/design.md, "A plugin's life".
+    """
+
+    def __init__(self, impl: Any, state: DeviceState, feed: DeviceFeed) -> None:
+        self.name = state.resource_name
+        self.impl = impl
+        self.state = state
+        self.feed = feed
+
+    def methods(self, stream_ended: Callable[[ServerContext], None]) -> list[Method[Any]]:
+        return device_plugin_methods(self.impl, self.state, stream_ended)
+
+    def started(self) -> None:
+        self._call_hook("refresh")
+        self.feed.start()
+
+    def stopping(self) -> None:
+        self.feed.wind_down()  # list_and_watch winds down while the server stops
+        self.state.end_streams()
+
+    def stopped(self, shutdown: Shutdown) -> None:
+        self.feed.stop(shutdown)
+        self._call_hook("destroy")
+
+    def step(self, now: float) -> float:
+        return self.feed.step(now)
+
+    @property
+    def streams(self) -> int:
+        return self.state.stream_count
+
+    def status(self) -> dict[str, Any]:
+        state = self.state
+        devices = state.devices
+        unhealthy = [d for d in state.physical_devices if not d.healthy]
+        return {
+            "resource": self.name,
+            "streams": state.stream_count,
+            "devices": len(devices),
+            "healthy": sum(1 for d in devices if d.healthy),
+            "unhealthy": [
+                {"id": cut(d.id), "reason": cut(d.reason) if d.reason else None}
+                for d in unhealthy[:MAX_LISTED]
+            ],
+        }
+
+    def interrupt(self) -> None:
+        self.feed.interrupt()
+
+    def resume(self) -> None:
+        self.feed.resume()
+
+    def shutdown(self, shutdown: Shutdown) -> None:
+        self.feed.shutdown(shutdown)
+
+    def _call_hook(self, name: str) -> None:
+        if has_hook(self.impl, name):
+            try:
+                getattr(self.impl, name)()
+            except Exception as exc:
+                log.error("%s: %s() raised\n%s", self.name, name, cut_traceback(exc))

@@ -4,9 +4,9 @@ One thread (the main thread under :func:`run`) sleeps in ``select`` on the
 plugin directories' inotify fds, the plugins' listening sockets (it accepts
 their connections, so no plugin needs an accept thread) and a wake-up pipe,
 and on waking lets each plugin's :class:`~.lifecycle.Controller` do what is
-due. Without inotify it
-polls every 0.1 s; with it, it still looks once a second in case an event was
-missed.
+due. It only schedules: what a plugin does, and when, is its controller's
+(docs/design.md, "Threads"). Without inotify it polls every 0.1 s; with it, it
+still looks once a second in case an event was missed.
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 from .dirwatch import DirWatch
-from .health import StatusFile
-from .lifecycle import STOP_GRACE, Controller, PluginError
+from .lifecycle import STOP_GRACE, Controller
 from .logtext import cut
+from .serving import PluginError
+from .status_file import StatusFile
 from .wire.shutdown import Shutdown
 
-if TYPE_CHECKING:
-    from .plugin import DevicePlugin
-
-__all__ = ["Supervisor", "run"]
+__all__ = ["Supervisor", "run", "Runnable"]
 
 log = logging.getLogger("sdplite")
 
@@ -37,22 +35,38 @@ POLL_WITH_INOTIFY = 1.0
 POLL_WITHOUT_INOTIFY = 0.1
 
 
+class Runnable(Protocol):
+    """A plugin of any kind: it owns the controller that runs its life."""
+
+    @property
+    def controller(self) -> Controller: ...
+
+
 class Supervisor:
-    def __init__(self, plugins: Sequence[DevicePlugin], status_file: Optional[str] = None) -> None:
+    """Schedules the controllers of some plugins in one ``select`` loop (see the module docstring)."""
+
+    def __init__(self, plugins: Sequence[Runnable], status_file: Optional[str] = None) -> None:
         if not plugins:
             raise ValueError("give at least one plugin to run")
-        paths = [p.socket_path for p in plugins]
+        controllers = [p.controller for p in plugins]
+        paths = [path for c in controllers for path in c.socket_paths()]
         if len(set(paths)) != len(paths):
             raise ValueError(f"two plugins share a socket path: {paths}")
-        self.plugins = list(plugins)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.controllers = [Controller(p, self.wake) for p in plugins]
-        for plugin, controller in zip(plugins, self.controllers):
-            plugin._attach(controller)
+        self.controllers: list[Controller] = []
+        try:
+            for controller in controllers:
+                controller.attach(self.wake)
+                self.controllers.append(controller)
+        except BaseException:
+            for controller in self.controllers:
+                controller.shutdown(Shutdown(STOP_GRACE))
+            self._close()
+            raise
         self._stop = threading.Event()
-        dirs = {os.path.dirname(p.socket_path) for p in plugins}
+        dirs = sorted({d for c in controllers for d in c.directories()})
         self._watches = {d: DirWatch(d) for d in dirs}
         self._closed = False
         path = status_file or os.environ.get("SDPLITE_STATUS_FILE")
@@ -78,13 +92,13 @@ class Supervisor:
     def run(self) -> None:
         """Serve until :meth:`stop`; raise :class:`PluginError` if a plugin cannot run."""
         try:
-            for plugin in self.plugins:
-                plugin.start_features()
+            for controller in self.controllers:
+                controller.start_features()
             while not self._stop.is_set():
                 now = time.monotonic()
                 wake_at = min(c.step(now) for c in self.controllers)
                 if self._status is not None:
-                    self._status.update(self.controllers)
+                    self._status.update([c.status() for c in self.controllers])
                 failed = [c for c in self.controllers if c.fatal]
                 if failed:
                     raise PluginError("; ".join(c.fatal or "" for c in failed))
@@ -93,18 +107,17 @@ class Supervisor:
             shutdown = Shutdown(STOP_GRACE)  # one deadline for every plugin
             for controller in self.controllers:
                 controller.shutdown(shutdown)
-            for plugin in self.plugins:
-                plugin.stop_features(shutdown)
+            for controller in self.controllers:
+                controller.stop_features(shutdown)
             shutdown.report(log, "stop")
             if self._status is not None:
                 self._status.remove()
             self._close()
-            names = ", ".join(cut(p.resource_name) for p in self.plugins)
-            log.info("stopped: %s", names)
+            log.info("stopped: %s", ", ".join(cut(c.name) for c in self.controllers))
 
     def _sleep(self, timeout: float) -> None:
         """Wait for a wake-up, a directory change or a connection to accept."""
-        listening = {c.server.fileno(): c.server for c in self.controllers if c.server is not None}
+        listening = {s.fileno(): s for c in self.controllers for s in c.listeners()}
         fds = [self._wake_r, *listening]
         poll = POLL_WITH_INOTIFY
         for watch in self._watches.values():
@@ -123,25 +136,27 @@ class Supervisor:
             except BlockingIOError:
                 pass
         for directory, watch in self._watches.items():
-            if watch.fileno() in ready and "kubelet.sock" in watch.drain():
-                for plugin, controller in zip(self.plugins, self.controllers):
-                    if os.path.dirname(plugin.socket_path) == directory:
-                        controller.request_register()
+            if watch.fileno() in ready:
+                names = watch.drain()
+                for controller in self.controllers:
+                    if directory in controller.directories():
+                        controller.dir_changed(directory, names)
 
     def _close(self) -> None:
-        if self._closed:
+        if getattr(self, "_closed", False):
             return
         self._closed = True
-        for watch in self._watches.values():
+        for watch in getattr(self, "_watches", {}).values():
             watch.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        for plugin in self.plugins:
-            plugin._attach(None)
 
 
-def run(*plugins: DevicePlugin) -> None:
+def run(*plugins: Runnable) -> None:
     """Serve these plugins until SIGTERM or SIGINT; SIGHUP restarts them all.
+
+    A plugin is a :class:`DevicePlugin`, or any object with a ``controller``
+    (docs/design.md, "A plugin's life").
 
     Must be called from the main thread (signals are delivered there). Returns
     once every plugin has stopped (streams ended, sockets removed), within
@@ -174,7 +189,7 @@ def run(*plugins: DevicePlugin) -> None:
 class BackgroundRunner:
     """A supervisor on its own thread, for embedding and tests (``start``/``stop``)."""
 
-    def __init__(self, plugins: Sequence[DevicePlugin]) -> None:
+    def __init__(self, plugins: Sequence[Runnable]) -> None:
         self.supervisor = Supervisor(plugins)
         self.error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="sdplite-supervisor", daemon=True)

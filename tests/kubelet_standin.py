@@ -1,6 +1,6 @@
 """A kubelet stand-in built on grpcio: a real gRPC peer that we did not write.
 
-It does what KUBELET.md sections 2-5 describe: serves Registration on
+It does what docs/design.md ("Kubelet facts the code relies on") describes: serves Registration on
 ``kubelet.sock``, validates the version and resource name with the kubelet's
 messages, dials the plugin back (authority ``localhost``, 10 s, blocking),
 calls GetDevicePluginOptions inside Register, then holds ListAndWatch open

@@ -6,8 +6,15 @@ import pytest
 
 from sdplite import Device, DeviceListError
 from sdplite.api import deviceplugin_pb2 as pb
-from sdplite.devices import MAX_LIST_BYTES, encode_device_list
+from sdplite.devices import (
+    MAX_LIST_BYTES,
+    encode_device_entry,
+    encode_device_list,
+    join_device_list,
+    split_device_list,
+)
 from sdplite.service import DeviceState
+from sdplite.wire.framing import DEFAULT_MAX_MESSAGE
 
 
 class Watcher:
@@ -151,3 +158,26 @@ def test_a_bad_report_changes_nothing_the_owner_said() -> None:
     assert state.told_health == {"b": False}
     state.report([Device("a"), Device("b")])
     assert state.get("b") == Device("b", healthy=False)
+
+
+def test_an_encoded_list_is_its_device_entries_joined() -> None:
+    devices = [Device("a" * 200, numa_nodes=[0, 1]), Device("b", healthy=False), Device("c", numa_nodes=[3])]
+    encoded = encode_device_list(devices)
+    entries = split_device_list(encoded)
+    assert entries == [encode_device_entry(d) for d in devices]
+    assert join_device_list(entries) == encoded
+    entries[1] = encode_device_entry(devices[1].with_health(True))
+    changed = [devices[0], devices[1].with_health(True), devices[2]]
+    assert join_device_list(entries) == encode_device_list(changed)
+    parsed = pb.ListAndWatchResponse.FromString(encoded)  # protobuf's own reading agrees
+    assert [Device.from_proto(d) for d in parsed.devices] == devices
+    assert [Device.from_proto(pb.Device.FromString(e[2:])) for e in entries[1:]] == changed[1:]
+    assert split_device_list(b"") == []
+    with pytest.raises(ValueError, match="tag 0x12"):
+        split_device_list(b"\x12\x00")
+
+
+def test_the_list_limit_is_the_message_limit_less_the_prefix() -> None:
+    assert MAX_LIST_BYTES + 5 == DEFAULT_MAX_MESSAGE == 4 * 1024 * 1024
+    with pytest.raises(DeviceListError, match="4 MiB"):
+        join_device_list([b"x" * (MAX_LIST_BYTES + 1)])

@@ -1,4 +1,4 @@
-"""sdplite in plugins_registry against grpc-go acting as the kubelet's plugin watcher (KUBELET.md 6).
+"""sdplite in plugins_registry against grpc-go acting as the kubelet's plugin watcher (docs/design.md).
 
 The peer (tests/interop/go, ``watcher`` mode) polls the registry directory
 and, for each socket, does what the kubelet does: dial, GetInfo (1 s),

@@ -293,8 +293,7 @@ def test_a_long_run_under_attack_then_a_clean_stop(sock_dir: str, baseline: Call
             answered += 1
 
         valid_call()
-        server = plugin._controller.server  # type: ignore[union-attr]
-        assert server is not None
+        (server,) = plugin.controller.listeners()
         wait_until(lambda: server.pool.size <= 2, what="the pool to settle")
         threads, fds = thread_count(), fd_count()
         storm = Storm(path, rng)

@@ -21,10 +21,10 @@ import pytest
 from sdplite import Allocation, Device, DeviceListError, InvalidNameError, PluginError, build
 from sdplite.cli.serve_config import GlobDevices, parse_config
 from sdplite.devices import normalize_devices
-from sdplite.health import check_status
-from sdplite.lifecycle import Controller
+from sdplite.status_file import check_status
 from sdplite.testing import KubeletEmulator
 from sdplite.wire import GrpcError, StatusCode
+from sdplite.wire.shutdown import Shutdown
 
 from conftest import wait_until
 
@@ -46,7 +46,8 @@ def messages(caplog: Any, level: int = logging.INFO) -> list[str]:
 def test_a_directory_it_cannot_serve_in_is_retried_with_backoff_and_a_hint(caplog: Any) -> None:
     caplog.set_level(logging.INFO, logger="sdplite")
     plugin = build(RESOURCE, "x.sock", lambda: [], plugin_dir="/sys")  # EPERM or EACCES
-    controller = Controller(plugin, lambda: None)
+    controller = plugin.controller
+    controller.attach(lambda: None)
     attempts = []
     now = 1000.0
     while now < 1100.0:
@@ -54,8 +55,9 @@ def test_a_directory_it_cannot_serve_in_is_retried_with_backoff_and_a_hint(caplo
         wake_at = controller.step(now)
         if len(caplog.records) > before:
             attempts.append(now)
-        assert controller.server is None and not controller.fatal
+        assert not controller.listeners() and not controller.fatal
         now = max(wake_at, now + 0.1)
+    controller.shutdown(Shutdown(1.0))
     gaps = [round(b - a, 1) for a, b in zip(attempts, attempts[1:])]
     assert gaps[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0], gaps
     (first, *_) = messages(caplog, logging.ERROR)

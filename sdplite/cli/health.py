@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from ..health import HEARTBEAT, check_status
+from ..status_file import HEARTBEAT, check_status
 
 DEFAULT_STATUS_FILE = "/run/sdplite/status.json"
 

@@ -1,7 +1,8 @@
 """A kubelet emulator: what the kubelet does to device plugins, without a node.
 
 Built on sdplite's own client and server. It serves ``Registration`` on
-``kubelet.sock`` in a directory and behaves as KUBELET.md describes: checks
+``kubelet.sock`` in a directory and behaves as the kubelet does (docs/design.md,
+"Kubelet facts the code relies on"): checks
 the version and resource name (with the kubelet's messages), dials the plugin
 back, calls GetDevicePluginOptions inside Register, holds ListAndWatch open
 and keeps every resource's devices. A caller does what pod admission does
@@ -239,7 +240,7 @@ class KubeletEmulator:
         thread.start()
         return resource
 
-    # -- the plugin watcher (plugins_registry, KUBELET.md 6) ---------------------
+    # -- the plugin watcher (plugins_registry; kubelet pkg/kubelet/pluginmanager) -----
 
     def _watch_registry(self) -> None:
         """Poll the registry every 0.1 s: new or re-created sockets register, gone ones leave."""

@@ -11,12 +11,14 @@ import struct
 
 from .status import GrpcError, StatusCode
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "encode_message", "MessageDecoder"]
+__all__ = ["DEFAULT_MAX_MESSAGE", "MESSAGE_PREFIX_BYTES", "encode_message", "MessageDecoder"]
 
 #: grpc-go's default receive limit, and the kubelet's: 4 MiB.
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
 _PREFIX = struct.Struct(">BI")
+#: Bytes in front of every message: the flag and the length.
+MESSAGE_PREFIX_BYTES = _PREFIX.size
 
 
 def encode_message(payload: bytes) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 import struct
 import threading
 import time
@@ -24,14 +23,12 @@ from .handlers import Method
 from .server_connection import ServerConnection
 from .server_protocol import Limits
 from .shutdown import Shutdown
+from .socket_file import MAX_UNIX_PATH, FileId, file_id, path_too_long
 from .workers import WorkerPool
 
 __all__ = ["Server", "MAX_UNIX_PATH"]
 
 log = logging.getLogger("sdplite.wire")
-
-#: sun_path is 108 bytes on Linux, including the terminating NUL.
-MAX_UNIX_PATH = 107
 
 #: Seconds a stop gives itself, after the calls' grace, to send GOAWAY and
 #: close (at most half of a deadline it is handed).
@@ -68,9 +65,10 @@ class Server:
         allowed_uids: Optional[Iterable[int]] = None,
         handoff_after: Optional[float] = 0.005,
     ) -> None:
-        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+        size = path_too_long(path)
+        if size is not None:
             raise ValueError(
-                f"socket path {path!r} is {len(os.fsencode(path))} bytes; a Unix socket path "
+                f"socket path {path!r} is {size} bytes; a Unix socket path "
                 f"must be at most {MAX_UNIX_PATH}: use a shorter directory or name"
             )
         self.path = path
@@ -98,7 +96,7 @@ class Server:
         self._lock = threading.Lock()
         self._connections: set[ServerConnection] = set()
         self._accept_thread: Optional[threading.Thread] = None
-        self._inode: Optional[tuple[int, int, int]] = None
+        self._inode: Optional[FileId] = None
         self._count = 0
         self._idle = threading.Condition(self._lock)
         #: Refusals and accept failures come in storms: one line, then a count.
@@ -130,11 +128,11 @@ class Server:
                 os.umask(old_umask)
             os.chmod(self.path, self.socket_mode)
             listener.listen(self.backlog)
-            st = os.stat(self.path)
+            bound = file_id(self.path)
         except BaseException:
             listener.close()
             raise
-        self._inode = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        self._inode = bound
         self._listener = listener
         if accept_thread:
             self._accept_thread = threading.Thread(
@@ -181,11 +179,7 @@ class Server:
 
     def owns_socket(self) -> bool:
         """True while the socket file at ``path`` is the one we bound."""
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return False
-        return stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino, st.st_ctime_ns) == self._inode
+        return self._inode is not None and file_id(self.path) == self._inode
 
     def _accept_loop(self) -> None:
         listener = self._listener

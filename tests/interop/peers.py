@@ -325,7 +325,7 @@ class PluginPeer(Peer):
 
 
 class WatcherPeer(KubeletPeer):
-    """The peer acting as the kubelet's plugin watcher on the registry ``directory`` (KUBELET.md 6).
+    """The peer acting as the kubelet's plugin watcher on the registry ``directory`` (docs/design.md).
 
     Sockets found there register as ``register`` events (with ``socket``); each
     NotifyRegistrationStatus it sends is a ``notify`` event; a socket that goes

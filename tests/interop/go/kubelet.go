@@ -111,7 +111,7 @@ var (
 	shortName = regexp.MustCompile(`^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$`)
 )
 
-// isExtendedResourceName follows the kubelet's rules (KUBELET.md section 2).
+// isExtendedResourceName follows the kubelet's rules (docs/design.md, "Kubelet facts the code relies on").
 func isExtendedResourceName(name string) bool {
 	if !strings.Contains(name, "/") || strings.Contains(name, "kubernetes.io/") ||
 		strings.HasPrefix(name, "requests.") {

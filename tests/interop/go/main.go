@@ -4,12 +4,12 @@
 //	kubelet-go plugin --socket PATH
 //	kubelet-go watcher --dir DIR [--authority localhost|path]
 //
-// "kubelet" acts like the kubelet's device manager (KUBELET.md sections 2-5):
+// "kubelet" acts like the kubelet's device manager (docs/design.md, "Kubelet facts the code relies on"):
 // it serves v1beta1.Registration on DIR/kubelet.sock, and each Register dials
 // the plugin back, calls GetDevicePluginOptions and holds ListAndWatch open.
 // "plugin" serves v1beta1.DevicePlugin, so that sdplite's client can be tested
 // against a grpc-go server. "watcher" is the kubelet's plugin watcher
-// (KUBELET.md section 6): it finds sockets in the plugins_registry DIR, and
+// (the plugin watcher in docs/design.md): it finds sockets in the plugins_registry DIR, and
 // the ones serving a device plugin join the kubelet role's resource table.
 //
 // The protocol (the same for the grpc-js peer in ../js): commands arrive on

@@ -1,7 +1,7 @@
 package main
 
 // The kubelet's plugin watcher with the device manager as its "DevicePlugin"
-// handler (KUBELET.md section 6): sockets in a registry directory are found
+// handler (docs/design.md, "Kubelet facts the code relies on"): sockets in a registry directory are found
 // by polling, asked GetInfo, validated, connected to through the kubelet
 // role's code (one resource table, so allocate & co. work on them) and told
 // the outcome with NotifyRegistrationStatus.

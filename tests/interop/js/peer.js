@@ -136,7 +136,7 @@ http2.createServer = function (...args) {
 const SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const SHORT_NAME = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
 
-// The kubelet's IsExtendedResourceName (KUBELET.md section 2).
+// The kubelet's IsExtendedResourceName (docs/design.md, "Kubelet facts the code relies on").
 function isExtendedResourceName(name) {
   if (!name.includes('/') || name.includes('kubernetes.io/') || name.startsWith('requests.')) {
     return false;

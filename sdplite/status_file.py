@@ -1,4 +1,4 @@
-"""A status file the plugin process keeps, and the check a liveness probe runs on it.
+"""The process status file: what a plugin process writes about itself, and the probe's check.
 
 With ``SDPLITE_STATUS_FILE`` set (or ``status_file`` given to the
 supervisor), the process writes a small JSON document whenever something
@@ -13,29 +13,32 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 from .files import write_atomic
-from .logtext import cut
 
-if TYPE_CHECKING:
-    from .lifecycle import Controller
-
-__all__ = ["StatusFile", "check_status", "judge", "plugin_status", "HEARTBEAT"]
+__all__ = ["StatusFile", "check_status", "judge", "HEARTBEAT"]
 
 HEARTBEAT = 10.0
 
 
 class StatusFile:
+    """Rewrites one JSON file from plain snapshots of the plugins (it reads no live object)."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._last: Optional[list[dict[str, Any]]] = None
         self._written = 0.0
 
-    def update(self, controllers: Sequence[Controller], force: bool = False) -> None:
-        """Rewrite the file if the state changed or the heartbeat is due (atomic replace)."""
-        plugins = [plugin_status(c.plugin, c.registered.is_set(), c.fatal) for c in controllers]
+    def update(self, snapshots: Sequence[Mapping[str, Any]], force: bool = False) -> None:
+        """Rewrite the file if a snapshot changed or the heartbeat is due (atomic replace).
+
+        One snapshot per plugin: "resource", "socket", "registered", "error"
+        and, for a plugin the kubelet watches through streams, "streams";
+        any other plain JSON values are written as they are.
+        """
+        plugins = [dict(snapshot) for snapshot in snapshots]
         now = time.time()
         if not force and plugins == self._last and now - self._written < HEARTBEAT:
             return
@@ -52,31 +55,6 @@ class StatusFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-
-#: At most this many unhealthy devices (with their reasons) are listed per plugin.
-MAX_LISTED = 100
-
-
-def plugin_status(plugin: Any, registered: bool, error: Optional[str]) -> dict[str, Any]:
-    """One plugin's entry in the status file (and in ``/healthz``'s judgement).
-
-    ``plugin`` is a :class:`~sdplite.plugin.DevicePlugin` (typed loosely: this
-    module stays below the plugin in the import order)."""
-    state = plugin.state
-    unhealthy = [d for d in state.physical_devices if not d.healthy]
-    return {
-        "resource": plugin.resource_name,
-        "socket": plugin.socket_path,
-        "registered": registered,
-        "streams": state.stream_count,
-        "devices": len(state.devices),
-        "healthy": sum(1 for d in state.devices if d.healthy),
-        "unhealthy": [
-            {"id": cut(d.id), "reason": cut(d.reason) if d.reason else None} for d in unhealthy[:MAX_LISTED]
-        ],
-        "error": error,
-    }
 
 
 def check_status(path: str, max_age: float = 3 * HEARTBEAT) -> tuple[bool, str]:
@@ -96,7 +74,7 @@ def check_status(path: str, max_age: float = 3 * HEARTBEAT) -> tuple[bool, str]:
     return judge(document.get("plugins") or [])
 
 
-def judge(plugins: Sequence[dict[str, Any]]) -> tuple[bool, str]:
+def judge(plugins: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
     """(healthy, why) for plugin statuses (as :class:`StatusFile` writes them): each
     must be registered and watched. The status file's check and ``/healthz`` share it."""
     problems = []
@@ -106,7 +84,7 @@ def judge(plugins: Sequence[dict[str, Any]]) -> tuple[bool, str]:
             problems.append(f"{name}: {plugin['error']}")
         elif not plugin.get("registered"):
             problems.append(f"{name}: not registered with the kubelet")
-        elif not plugin.get("streams"):
+        elif "streams" in plugin and not plugin["streams"]:
             problems.append(f"{name}: registered but the kubelet holds no ListAndWatch stream")
     if not plugins:
         problems.append("no plugins in the status file")
