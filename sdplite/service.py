@@ -200,7 +200,9 @@ class DeviceState:
     def _replace(self, physical: tuple[Device, ...], devices: tuple[Device, ...], encoded: bytes) -> bool:
         """Install a new list (lock held); push it if the kubelet would see a difference."""
         push = encoded != self._encoded
-        if not push and (self.before_install is None or physical == self._physical):
+        # The same encoding can still carry new container data (nodes, envs, mounts):
+        # keep it, or the default Allocate would hand out the old.
+        if not push and physical == self._physical:
             return False
         if self.before_install is not None:
             self.before_install(physical)

@@ -181,3 +181,15 @@ def test_the_list_limit_is_the_message_limit_less_the_prefix() -> None:
     assert MAX_LIST_BYTES + 5 == DEFAULT_MAX_MESSAGE == 4 * 1024 * 1024
     with pytest.raises(DeviceListError, match="4 MiB"):
         join_device_list([b"x" * (MAX_LIST_BYTES + 1)])
+
+
+def test_a_list_that_changes_only_what_a_container_gets_is_kept_without_a_push() -> None:
+    # The kubelet sees the same IDs, health and topology, so nothing is sent; but the
+    # default Allocate must hand out the new device nodes and env vars, not the old ones.
+    state, watcher = watched([Device("a", envs={"DISK": "sda"})])
+    sent = len(watcher.sent)
+    state.report([Device("a", envs={"DISK": "sdb"})])
+    assert dict(state.get("a").envs) == {"DISK": "sdb"}  # type: ignore[union-attr]
+    state.publish([Device("a", envs={"DISK": "sdc"})])
+    assert dict(state.get("a").envs) == {"DISK": "sdc"}  # type: ignore[union-attr]
+    assert len(watcher.sent) == sent
