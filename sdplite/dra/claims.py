@@ -11,11 +11,12 @@ correctly (docs/design.md, "Dynamic Resource Allocation").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 from ..devices import Device
@@ -209,13 +210,35 @@ def _config_for(configs: Sequence[Mapping[str, Any]], request: str, driver: str)
 
 
 class Checkpoint:
-    """Prepared claims (UID -> namespace, name, devices) in a JSON file, written atomically. Thread-safe."""
+    """Prepared claims (UID -> namespace, name, devices) in a JSON file, written atomically. Thread-safe.
+
+    During a rolling update two pods of the driver share the file: :meth:`locked`
+    takes an flock on ``serialize.lock`` beside it (as the Go helper does) and
+    reads the file again, so each instance sees the other's changes.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._claims: dict[str, dict[str, Any]] = {}
         self._load()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cross-process lock and work on the file's current content."""
+        import fcntl
+
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(os.path.join(directory, "serialize.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with self._lock:
+                self._claims = {}
+                self._load()
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def _load(self) -> None:
         try:
@@ -233,9 +256,6 @@ class Checkpoint:
                 os.replace(self.path, aside)
             except OSError:
                 pass
-        else:
-            if self._claims:
-                log.info("checkpoint %s: %d prepared claim(s) from before", self.path, len(self._claims))
 
     def get(self, uid: str) -> Optional[Prepared]:
         with self._lock:

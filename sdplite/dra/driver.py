@@ -6,7 +6,8 @@ never failing the whole call. The rules (docs/design.md, "Dynamic Resource
 Allocation"):
 
 - Claims of one call are handled one after another, under one lock shared by
-  prepare and unprepare (what the Go helper does by default); the
+  prepare and unprepare (what the Go helper does by default), which is also an
+  flock shared with a second instance during a rolling update; the
   ResourceClaims are read from the API server before taking the lock.
 - The user's ``prepare`` hook runs once per claim UID. A repeated Prepare
   (the kubelet repeats them after its restarts, and for every claim of a pod
@@ -99,7 +100,7 @@ class Driver:
             if self.checkpoint.get(uid) is None:
                 fetched[uid] = self._fetch(namespace, uid, name)
         results: dict[str, Any] = {}
-        with self._lock:
+        with self._lock, self.checkpoint.locked():
             for namespace, uid, name in claims:
                 results[uid] = self._prepare_one(namespace, uid, name, fetched.get(uid))
         return results
@@ -168,7 +169,7 @@ class Driver:
 
     def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, str]:
         """{claim UID: "" or an error text}; unknown claims succeed."""
-        with self._lock:
+        with self._lock, self.checkpoint.locked():
             return {uid: self._unprepare_one(namespace, uid, name) for namespace, uid, name in claims}
 
     def _unprepare_one(self, namespace: str, uid: str, name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
@@ -28,6 +29,8 @@ from .kube import KubeClient
 from .slices import RESOURCE_API, SlicePublisher, validate_driver_name
 
 __all__ = ["DRAPlugin", "build", "socket_paths"]
+
+log = logging.getLogger("sdplite.dra")
 
 DEFAULT_REGISTRY_DIR = paths.PLUGINS_REGISTRY_PATH.rstrip("/")
 DEFAULT_PLUGINS_DIR = paths.DRA_PLUGINS_PATH.rstrip("/")
@@ -95,6 +98,12 @@ class DRAPlugin:
         self.state = DeviceTable(driver_name, pool=node_name)
         self.state.publish(devices)
         self.checkpoint = Checkpoint(os.path.join(self.data_dir, "checkpoint.json"))
+        if self.checkpoint.uids():
+            log.info(
+                "%s: %d claim(s) prepared before this start (checkpoint)",
+                driver_name,
+                len(self.checkpoint.uids()),
+            )
         read_claim = None
         if kube is not None:
 
