@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from dra_support import DRIVER, GPUS, NODE, api_server, make_plugin
 
-from sdplite import Allocation, Device, dra
+from sdplite import Allocation, Device, DeviceListError, dra
 from sdplite.api import dra_v1_pb2 as v1
 from sdplite.api import dra_v1beta1_pb2 as v1beta1
 from sdplite.api import drahealth_v1_pb2 as health_v1
@@ -138,11 +138,11 @@ def test_bad_names_are_refused_up_front(sock_dir: str, api: FakeAPIServer) -> No
     with pytest.raises(ValueError, match="lower-case DNS subdomain"):
         make_plugin(sock_dir, api, devices=[]).__class__  # noqa: B018 - constructed fine
         dra.build("GPU_Example", node_name=NODE, kube=None)
-    with pytest.raises(dra.DeviceListError, match="DNS label"):
+    with pytest.raises(DeviceListError, match="DNS label"):
         make_plugin(sock_dir, api, devices=[Device("GPU 0")])
-    with pytest.raises(dra.DeviceListError, match="C identifier"):
+    with pytest.raises(DeviceListError, match="C identifier"):
         make_plugin(sock_dir, api, devices=[Device("gpu-0", attributes={"bad-name": 1})])
-    with pytest.raises(dra.DeviceListError, match="semantic version"):
+    with pytest.raises(DeviceListError, match="semantic version"):
         make_plugin(sock_dir, api, devices=[Device("gpu-0", attributes={"v": dra.Version("one")})])
     with pytest.raises(ValueError, match="NODE_NAME"):
         dra.build(DRIVER, kube=None, node_name="")

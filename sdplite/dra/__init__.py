@@ -13,7 +13,6 @@ checkpoint), :mod:`.devices` (devices, health and its streams),
 See docs/dra.md.
 """
 
-from ..devices import Allocation, Device, DeviceListError, DeviceNode, Mount
 from .claims import AllocatedDevice, Claim, ClaimError
 from .kube import KubeClient, KubeError
 from .plugin import DRAPlugin, build
@@ -21,16 +20,11 @@ from .slices import Version
 
 __all__ = [
     "AllocatedDevice",
-    "Allocation",
     "Claim",
     "ClaimError",
     "DRAPlugin",
-    "Device",
-    "DeviceListError",
-    "DeviceNode",
     "KubeClient",
     "KubeError",
-    "Mount",
     "Version",
     "build",
 ]

@@ -86,17 +86,25 @@ class DRAPlugin:
         cdi: Any,
         server_options: dict[str, Any],
     ) -> None:
+        #: The DRA driver name (``spec.driver`` of its slices, ``driver`` of allocation results).
         self.driver_name = validate_driver_name(driver_name)
         #: Named as a device plugin's, for the supervisor and the status file.
         self.resource_name = driver_name
+        #: The node, which is also the name of the driver's device pool.
         self.node_name = node_name
+        #: The API-server client, or None (no slices, no claims read).
         self.kube = kube
+        #: Whether DRAResourceHealth is advertised.
         self.health = health
+        #: ``<plugin_dir>/<driver>``: the service socket and the checkpoint live here.
         self.data_dir = os.path.join(plugin_dir, driver_name)
         self.socket_path, self.service_path = socket_paths(driver_name, registry_dir, self.data_dir, pod_uid)
+        #: Keywords for the gRPC server (see :class:`sdplite.wire.Server`).
         self.server_options = server_options
+        #: The devices, their health and the health streams.
         self.state = DeviceTable(driver_name, pool=node_name)
         self.state.publish(devices)
+        #: The claims prepared on this node, kept across restarts.
         self.checkpoint = Checkpoint(os.path.join(self.data_dir, "checkpoint.json"))
         if self.checkpoint.uids():
             log.info(
@@ -110,7 +118,9 @@ class DRAPlugin:
             def read_claim(namespace: str, name: str) -> Any:
                 return kube.get(f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims/{name}")
 
+        #: Prepare/unprepare rules (no socket involved).
         self.driver = Driver(driver_name, self.state, self.checkpoint, prepare, unprepare, read_claim, cdi)
+        #: Keeps the node's ResourceSlices equal to the devices (None without ``kube``).
         self.publisher: Optional[SlicePublisher] = None
         if kube is not None:
             self.publisher = SlicePublisher(kube, driver_name, node_name, lambda: self.state.devices)
@@ -161,6 +171,7 @@ class DRAPlugin:
         return self._controller is not None and self._controller.registered.is_set()
 
     def wait_registered(self, timeout: float = 30.0) -> bool:
+        """Block until the kubelet's plugin watcher notified success (True) or ``timeout`` passes."""
         controller = self._controller
         if controller is None:
             raise RuntimeError("the plugin is not running: call start() or run() first")
@@ -172,9 +183,11 @@ class DRAPlugin:
 
     @property
     def error(self) -> Optional[str]:
+        """Why the driver stopped on its own (e.g. another process serves its socket), if it did."""
         return self._controller.fatal if self._controller is not None else None
 
     def restart(self, reason: str = "requested") -> None:
+        """Serve fresh sockets and register again, as on SIGHUP."""
         if self._controller is not None:
             self._controller.request_restart(reason)
 
@@ -182,6 +195,7 @@ class DRAPlugin:
 
     @property
     def devices(self) -> tuple[Device, ...]:
+        """The current device list."""
         return self.state.devices
 
     def publish(self, devices: Sequence[Any]) -> bool:
