@@ -481,3 +481,57 @@ def test_an_unreachable_api_server_is_a_transient_error() -> None:
     with pytest.raises(dra.KubeError) as failed:
         kube.get("/api/v1/nodes/x")
     assert failed.value.status == 0 and failed.value.transient
+
+
+def test_claim_names_are_quoted_into_the_url(plugin: dra.DRAPlugin, api: FakeAPIServer) -> None:
+    """Names from the request cannot walk the API server's paths or add a query."""
+    response = prepare(plugin.service_path, [("a/../../nodes", "u", "x?y=1")])
+    assert "not found" in response.claims["u"].error
+    (read,) = [r for r in api.requests if "namespaces" in r.path]
+    assert (read.path, read.query) == (
+        "/apis/resource.k8s.io/v1/namespaces/a%2F..%2F..%2Fnodes/resourceclaims/x%3Fy%3D1",
+        {},
+    )
+
+
+def test_a_stopped_driver_leaves_no_threads_or_fds(sock_dir: str, api: FakeAPIServer, baseline: Any) -> None:
+    with make_plugin(sock_dir, api) as p:
+        assert p.wait_published(10)
+        uid = api.add_claim("default", "c", DRIVER, [("gpu", "gpu-0")])
+        prepare(p.service_path, [("default", uid, "c")])
+        with Channel(p.service_path) as channel:
+            with channel.server_streaming(
+                paths.DRA_HEALTH_V1_WATCH,
+                health_v1.NodeWatchResourcesRequest(),
+                health_v1.NodeWatchResourcesResponse,
+            ) as stream:
+                next(stream)
+    assert not os.path.exists(p.socket_path) and not os.path.exists(p.service_path)
+    baseline()
+
+
+def test_the_status_file_counts_a_registered_driver_as_healthy(sock_dir: str, api: FakeAPIServer) -> None:
+    from sdplite.health import check_status
+    from sdplite.supervisor import Supervisor
+
+    p = make_plugin(sock_dir, api)
+    path = os.path.join(sock_dir, "status.json")
+    supervisor = Supervisor([p], status_file=path)  # type: ignore[list-item]
+    runner = threading.Thread(target=supervisor.run)
+    runner.start()
+    try:
+        wait_until(lambda: os.path.exists(p.socket_path), what="the registration socket")
+        assert check_status(path)[0] is False, "not registered yet"
+        with Channel(p.socket_path) as channel:
+            channel.unary(
+                paths.NOTIFY_REGISTRATION_STATUS,
+                reg.RegistrationStatus(plugin_registered=True),
+                reg.RegistrationStatusResponse,
+            )
+        wait_until(lambda: check_status(path)[0], what="a healthy status without any stream")
+        with open(path) as handle:
+            (entry,) = json.load(handle)["plugins"]
+        assert (entry["kind"], entry["resource"], entry["devices"]) == ("DRAPlugin", DRIVER, 3)
+    finally:
+        supervisor.stop()
+        runner.join(10)

@@ -28,6 +28,7 @@ from ..lifecycle import PluginError, clear_stale_socket
 from ..logtext import cut
 from ..registration import plugin_watcher_methods
 from ..wire import Server
+from ..wire.shutdown import Shutdown
 from .service import advertised_versions, dra_methods, health_methods
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ log = logging.getLogger("sdplite.dra")
 
 #: Re-send health this often: the kubelet turns a device Unknown after 30 s without a report.
 HEALTH_RESEND = 10.0
+#: How long a restart (SIGHUP, a socket gone) gives calls in flight.
+RESTART_GRACE = 1.0
 
 
 class DRAController:
@@ -55,6 +58,7 @@ class DRAController:
         self._next_health = 0.0
         self._dir_missing_logged = False
         self._publishing = False
+        self._interrupted = False
 
     # -- requests from other threads -------------------------------------------------
 
@@ -67,10 +71,14 @@ class DRAController:
     def request_register(self) -> None:
         """The plugin watcher comes to us: nothing to do."""
 
+    def interrupt(self) -> None:
+        """The process is stopping: start nothing new (any thread)."""
+        self._interrupted = True
+
     # -- the supervisor's step ---------------------------------------------------------
 
     def step(self, now: float) -> float:
-        if self.fatal:
+        if self.fatal or self._interrupted:
             return float("inf")
         reason = self._restart_due()
         if reason is not None and self.server is not None:
@@ -149,15 +157,16 @@ class DRAController:
         )
         return True
 
-    def _stop_servers(self) -> None:
+    def _stop_servers(self, shutdown: Optional[Shutdown] = None) -> None:
+        shutdown = shutdown or Shutdown(RESTART_GRACE)
         self.registered.clear()
         registrar, self._registrar = self._registrar, None
         if registrar is not None:
-            registrar.stop(grace=0)  # the kubelet deregisters us when this socket goes
+            registrar.stop(shutdown=shutdown)  # the kubelet deregisters us when this socket goes
         self.plugin.state.end_streams()
         server, self.server = self.server, None
         if server is not None:
-            server.stop(grace=1.0)
+            server.stop(shutdown=shutdown)
 
     def _watcher_status(self, registered: bool, error: str) -> None:
         """NotifyRegistrationStatus from the kubelet's plugin watcher."""
@@ -169,13 +178,17 @@ class DRAController:
             self.registered.clear()
             log.error("%s: the kubelet refused the DRA driver: %s", name, cut(error))
 
-    def shutdown(self) -> None:
-        """Stop for good: the registration socket first, then the service; both files removed.
+    def shutdown(self, shutdown: Shutdown) -> None:
+        """Stop for good by ``shutdown``'s deadline: the registration socket first, then the
+        service; both files removed. A Prepare hook or an API request still running then is
+        named in ``shutdown`` and abandoned (daemon threads).
 
         The ResourceSlices stay: the kubelet deletes them 30 s after the driver is gone
         (unless a new instance registers), and the Node's deletion removes them.
         """
-        self._stop_servers()
-        if self.plugin.publisher is not None and self._publishing:
-            self.plugin.publisher.stop()
+        self._interrupted = True
+        publisher = self.plugin.publisher
+        if publisher is not None and self._publishing:
+            publisher.stop(shutdown)  # asked first: it winds down while the servers stop
             self._publishing = False
+        self._stop_servers(shutdown)

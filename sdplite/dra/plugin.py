@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
+from urllib.parse import quote
 
 from ..api import paths
 from ..devices import Device
@@ -116,7 +117,9 @@ class DRAPlugin:
         if kube is not None:
 
             def read_claim(namespace: str, name: str) -> Any:
-                return kube.get(f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims/{name}")
+                # Quoted: names come from the kubelet's request and go into a URL path.
+                ns, claim = quote(namespace, safe=""), quote(name, safe="")
+                return kube.get(f"{RESOURCE_API}/namespaces/{ns}/resourceclaims/{claim}")
 
         #: Prepare/unprepare rules (no socket involved).
         self.driver = Driver(driver_name, self.state, self.checkpoint, prepare, unprepare, read_claim, cdi)

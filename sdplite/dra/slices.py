@@ -18,9 +18,11 @@ import re
 import threading
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
+from urllib.parse import quote
 
 from ..devices import Device, DeviceListError
 from ..logtext import cut
+from ..wire.shutdown import Shutdown
 from .kube import KubeClient, KubeError
 
 __all__ = [
@@ -193,13 +195,13 @@ class SlicePublisher:
         self.synced.clear()
         self._changed.set()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop publishing; the slices stay (the kubelet or the Node's deletion removes them)."""
+    def stop(self, shutdown: Optional[Shutdown] = None) -> None:
+        """Stop publishing (a request under way is abandoned at ``shutdown``'s deadline);
+        the slices stay (the kubelet or the Node's deletion removes them)."""
         self._stop.set()
         self._changed.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        (shutdown or Shutdown(5.0)).join(thread, "publishing ResourceSlices")
 
     def _run(self) -> None:
         backoff = BACKOFF_FIRST
@@ -237,7 +239,7 @@ class SlicePublisher:
         entries = device_entries(self._devices())
         wanted = _chunks(entries)
         if self._node_uid is None:
-            node = self.kube.get(f"/api/v1/nodes/{self.node}")
+            node = self.kube.get(f"/api/v1/nodes/{quote(self.node, safe='')}")
             self._node_uid = node["metadata"]["uid"]
         selector = f"spec.driver={self.driver},spec.nodeName={self.node}"
         existing = sorted(
