@@ -119,6 +119,11 @@ def test_without_health_the_health_services_are_not_advertised(sock_dir: str, ap
         wait_until(lambda: os.path.exists(p.socket_path), what="the registration socket")
         with Channel(p.socket_path) as channel:
             info = channel.unary(paths.GET_INFO, reg.InfoRequest(), reg.PluginInfo)
+        # Still served: 1.36 kubelets open the stream whatever is advertised, and log each refusal.
+        with Channel(p.service_path) as channel:
+            request, response = health_v1.NodeWatchResourcesRequest(), health_v1.NodeWatchResourcesResponse
+            with channel.server_streaming(paths.DRA_HEALTH_V1_WATCH, request, response) as stream:
+                assert len(next(stream).devices) == 3
     assert list(info.supported_versions) == ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
 
 

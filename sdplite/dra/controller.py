@@ -120,9 +120,8 @@ class DRAController:
             os.makedirs(plugin.data_dir, exist_ok=True)
             clear_stale_socket(plugin.service_path)
             clear_stale_socket(plugin.socket_path)
-            methods = dra_methods(plugin.driver)
-            if plugin.health:
-                methods += health_methods(plugin.state)
+            # Health is served even when not advertised: 1.36 kubelets open the stream anyway.
+            methods = dra_methods(plugin.driver) + health_methods(plugin.state)
             service = Server(plugin.service_path, methods, **plugin.server_options)
             service.start(accept_thread=False)  # the supervisor accepts
         except PluginError as exc:
