@@ -351,8 +351,27 @@ class DraKubeletPeer(Peer):
     an end) and calls NodePrepareResources / NodeUnprepareResources on command.
     """
 
-    def __init__(self, kind: str, directory: str, health_retry_ms: int = 200) -> None:
-        super().__init__(kind, "dra", ["--dir", directory, "--health-retry-ms", str(health_retry_ms)])
+    def __init__(
+        self,
+        kind: str,
+        directory: str,
+        health_retry_ms: int = 200,
+        known: str = "v1.DRAPlugin,v1beta1.DRAPlugin",
+        health: str = "v1,v1alpha1",
+    ) -> None:
+        """``known``: the DRAPlugin versions this kubelet knows (a 1.32/1.33 kubelet:
+        ``"v1beta1.DRAPlugin"``); ``health``: the health versions, preferred first."""
+        args = [
+            "--dir",
+            directory,
+            "--health-retry-ms",
+            str(health_retry_ms),
+            "--known",
+            known,
+            "--health",
+            health,
+        ]
+        super().__init__(kind, "dra", args)
         self.directory = directory
 
     def wait_registered(self, driver: str, number: int = 1, since: int = 0) -> Event:

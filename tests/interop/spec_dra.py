@@ -128,6 +128,39 @@ def test_prepare_and_unprepare_several_claims(
     assert sorted(recorder.unprepared) == ["one", "two"]
 
 
+def test_an_older_kubelet_takes_v1beta1_and_v1alpha1_health(
+    kind: str, sock_dir: str, driver: dra.DRAPlugin, dra_api: FakeAPIServer
+) -> None:
+    """A 1.33-style kubelet knows only v1beta1.DRAPlugin and v1alpha1 health: it skips our first
+    entry, takes the one it knows, and prepares and watches on those paths."""
+    old = DraKubeletPeer(kind, os.path.join(sock_dir, "reg"), known="v1beta1.DRAPlugin", health="v1alpha1")
+    try:
+        registered = old.wait_registered(DRIVER)
+        assert (registered["version"], registered["health"]) == ("v1beta1", "v1alpha1")
+        uid = dra_api.add_claim("default", "c", DRIVER, [("gpu", "gpu-1")])
+        reply = check(old.prepare(DRIVER, [("default", uid, "c")]))
+        assert reply["version"] == "v1beta1" and devices(reply, uid) == [(["gpu"], NODE, "gpu-1")]
+        health = old.wait_health(DRIVER, lambda e: len(e["devices"]) == 3)
+        assert health["version"] == "v1alpha1" and states(health)["gpu-2"][0] == "UNHEALTHY"
+    finally:
+        old.stop()
+
+
+def test_a_kubelet_without_dra_versions_in_common_refuses_the_driver(
+    kind: str, sock_dir: str, driver: dra.DRAPlugin
+) -> None:
+    """A 1.31-style kubelet (v1alpha4 only) refuses us with its text; we log it and keep serving."""
+    peer = DraKubeletPeer(kind, os.path.join(sock_dir, "reg"), known="v1alpha4.DRAPlugin")
+    try:
+        notify = peer.wait_for("notify", socket=driver.socket_path)
+        assert notify["registered"] is False and notify["code"] == 0
+        assert "none of services supported by the plugin" in notify["error"]
+        assert not peer.find("register")
+        assert not driver.registered and driver.error is None
+    finally:
+        peer.stop()
+
+
 def test_health_reaches_the_kubelet_with_a_reason(dra_kubelet: DraKubeletPeer, driver: dra.DRAPlugin) -> None:
     dra_kubelet.wait_registered(DRIVER)
     first = dra_kubelet.wait_health(DRIVER, lambda e: len(e["devices"]) == 3)

@@ -22,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,8 +40,10 @@ const (
 	draCallTimeout = 45 * time.Second // defaultClientCallTimeout in the kubelet's dra_plugin.go
 )
 
-// The DRAPlugin versions this kubelet knows, as plugins advertise them.
-var draVersions = map[string]string{"v1.DRAPlugin": "v1", "v1beta1.DRAPlugin": "v1beta1"}
+// The DRAPlugin versions a kubelet may know, as plugins advertise them
+// (1.34+: both; 1.32 and 1.33: v1beta1 only; --known chooses).
+// v1alpha4 (1.31) is here only to play a kubelet that knows none of sdplite's versions.
+var draVersions = map[string]string{"v1.DRAPlugin": "v1", "v1beta1.DRAPlugin": "v1beta1", "v1alpha4.DRAPlugin": "v1alpha4"}
 
 type draPlugin struct {
 	driver       string
@@ -54,6 +57,8 @@ type draPlugin struct {
 type draKubelet struct {
 	*watcher
 	healthRetry time.Duration
+	known       map[string]string // advertised DRAPlugin string -> API version
+	healthKnown []string          // health API versions, preferred first
 
 	mu            sync.Mutex
 	plugins       map[string]*draPlugin // by driver: the newest registration
@@ -65,6 +70,8 @@ func startDRA(args []string) (peer, error) {
 	flags := flag.NewFlagSet("dra", flag.ContinueOnError)
 	dir := flags.String("dir", "", "the plugins_registry directory")
 	retry := flags.Int("health-retry-ms", 5000, "re-open an ended health stream after this long (kubelet: 5 s)")
+	known := flags.String("known", "v1.DRAPlugin,v1beta1.DRAPlugin", "the DRAPlugin versions this kubelet knows")
+	healthKnown := flags.String("health", "v1,v1alpha1", "the health versions this kubelet knows, preferred first")
 	if err := flags.Parse(args); err != nil {
 		return nil, err
 	}
@@ -78,8 +85,16 @@ func startDRA(args []string) (peer, error) {
 	d := &draKubelet{
 		watcher:     w,
 		healthRetry: time.Duration(*retry) * time.Millisecond,
+		known:       map[string]string{},
+		healthKnown: strings.Split(*healthKnown, ","),
 		plugins:     map[string]*draPlugin{},
 		bySocket:    map[string]*draPlugin{},
+	}
+	for _, v := range strings.Split(*known, ",") {
+		if draVersions[v] == "" {
+			return nil, fmt.Errorf("--known: unknown version %q", v)
+		}
+		d.known[v] = draVersions[v]
 	}
 	w.registerFn, w.deregisterFn = d.register, d.deregister
 	w.run()
@@ -109,7 +124,7 @@ func (d *draKubelet) register(path string) (string, bool, error) {
 	}
 	version := ""
 	for _, v := range info.SupportedVersions { // the plugin's order: the first one known wins
-		if known, ok := draVersions[v]; ok {
+		if known, ok := d.known[v]; ok {
 			version = known
 			break
 		}
@@ -122,11 +137,11 @@ func (d *draKubelet) register(path string) (string, bool, error) {
 		return "", false, errors.New(text)
 	}
 	health := ""
-	for _, v := range info.SupportedVersions {
-		if v == "v1.DRAResourceHealth" {
-			health = "v1"
-		} else if v == "v1alpha1.DRAResourceHealth" && health == "" {
-			health = "v1alpha1"
+	for _, h := range d.healthKnown { // this kubelet's preference, among what the plugin advertises
+		for _, v := range info.SupportedVersions {
+			if health == "" && h != "" && v == h+".DRAResourceHealth" {
+				health = h
+			}
 		}
 	}
 	endpoint := info.Endpoint
