@@ -110,6 +110,28 @@ def test_kubelet_command_prints_registrations_updates_and_restarts(sock_dir: str
     assert not os.path.exists(os.path.join(sock_dir, "kubelet.sock"))
 
 
+def test_kubelet_command_registers_dra_drivers_and_prints_their_health(sock_dir: str) -> None:
+    from sdplite import dra
+
+    registry = os.path.join(sock_dir, "reg")
+    kubelet = start("kubelet", "--dir", os.path.join(sock_dir, "dp"), "--dra-registry", registry)
+    try:
+        kubelet.wait_for("for DRA drivers")
+        devices = [Device("gpu-0"), Device("gpu-1")]
+        options = dict(
+            node_name="n", kube=None, registry_dir=registry, plugin_dir=os.path.join(sock_dir, "p")
+        )
+        with dra.build("gpu.example.com", devices=devices, pod_uid="", **options) as driver:
+            kubelet.wait_for("registered   gpu.example.com")
+            kubelet.wait_for("health       gpu.example.com: gpu-0=HEALTHY, gpu-1=HEALTHY")
+            driver.set_health("gpu-1", False, "too hot")
+            kubelet.wait_for("gpu-1=UNHEALTHY (too hot)")
+            kubelet.proc.send_signal(signal.SIGHUP)
+            kubelet.wait_for("registered   gpu.example.com", count=2)
+    finally:
+        assert kubelet.stop() == 0
+
+
 @pytest.fixture
 def emulator(sock_dir: str) -> Iterator[KubeletEmulator]:
     with KubeletEmulator(os.path.join(sock_dir, "dp")) as kubelet:
