@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from ..api import paths
 from ..lifecycle import PluginError, clear_stale_socket
@@ -29,10 +29,10 @@ from ..logtext import cut
 from ..registration import plugin_watcher_methods
 from ..wire import Server
 from ..wire.shutdown import Shutdown
+from .devices import DeviceTable
+from .driver import Driver
 from .service import advertised_versions, dra_methods, health_methods
-
-if TYPE_CHECKING:
-    from .plugin import DRAPlugin
+from .slices import SlicePublisher
 
 __all__ = ["DRAController", "HEALTH_RESEND"]
 
@@ -44,8 +44,23 @@ HEALTH_RESEND = 10.0
 RESTART_GRACE = 1.0
 
 
+class DriverParts(Protocol):
+    """What the controller uses of a :class:`~.plugin.DRAPlugin` (named here, not imported:
+    the plugin module imports this one)."""
+
+    driver_name: str
+    socket_path: str  # the registration socket
+    service_path: str
+    data_dir: str
+    health: bool
+    server_options: dict[str, Any]
+    state: DeviceTable
+    driver: Driver
+    publisher: Optional[SlicePublisher]
+
+
 class DRAController:
-    def __init__(self, plugin: DRAPlugin, wake: Callable[[], None]) -> None:
+    def __init__(self, plugin: DriverParts, wake: Callable[[], None]) -> None:
         self.plugin = plugin
         self._wake = wake
         #: The service socket's server (the supervisor accepts its connections).
