@@ -32,7 +32,6 @@ from ..wire.shutdown import Shutdown
 from .devices import DeviceTable
 from .driver import Driver
 from .service import advertised_versions, dra_methods, health_methods
-from .slices import SlicePublisher
 
 __all__ = ["DRAController", "HEALTH_RESEND"]
 
@@ -56,7 +55,6 @@ class DriverParts(Protocol):
     server_options: dict[str, Any]
     state: DeviceTable
     driver: Driver
-    publisher: Optional[SlicePublisher]
 
 
 class DRAController:
@@ -72,7 +70,6 @@ class DRAController:
         self._restart_reason: Optional[str] = None
         self._next_health = 0.0
         self._dir_missing_logged = False
-        self._publishing = False
         self._interrupted = False
 
     # -- requests from other threads -------------------------------------------------
@@ -101,10 +98,6 @@ class DRAController:
             self._stop_servers()
         if self.server is None and not self._start_servers():
             return now + 0.5
-        publisher = self.plugin.publisher
-        if publisher is not None and not self._publishing:
-            publisher.start()
-            self._publishing = True
         if now >= self._next_health:
             self.plugin.state.refresh()
             self._next_health = now + HEALTH_RESEND
@@ -194,15 +187,9 @@ class DRAController:
 
     def shutdown(self, shutdown: Shutdown) -> None:
         """Stop for good by ``shutdown``'s deadline: the registration socket first, then the
-        service; both files removed. A Prepare hook or an API request still running then is
-        named in ``shutdown`` and abandoned (daemon threads).
-
-        The ResourceSlices stay: the kubelet deletes them 30 s after the driver is gone
-        (unless a new instance registers), and the Node's deletion removes them.
+        service; both files removed. A Prepare hook still running then is named in
+        ``shutdown`` and abandoned (daemon threads). The slice publisher is the plugin's
+        feature: the supervisor stops it after this (:meth:`DRAPlugin.stop_features`).
         """
         self._interrupted = True
-        publisher = self.plugin.publisher
-        if publisher is not None and self._publishing:
-            publisher.stop(shutdown)  # asked first: it winds down while the servers stop
-            self._publishing = False
         self._stop_servers(shutdown)

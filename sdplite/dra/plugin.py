@@ -22,6 +22,7 @@ from ..naming import MAX_SOCKET_PATH
 from ..supervisor import BackgroundRunner
 from ..supervisor import run as run_plugins
 from ..wire import Server
+from ..wire.shutdown import Shutdown
 from .claims import Checkpoint
 from .controller import DRAController
 from .devices import DeviceTable
@@ -139,6 +140,18 @@ class DRAPlugin:
     def make_controller(self, wake: Callable[[], None]) -> DRAController:
         """For the supervisor: the part that serves and registers this driver."""
         return DRAController(self, wake)
+
+    def start_features(self) -> None:
+        """For the supervisor, when the driver starts running: publish ResourceSlices."""
+        if self.publisher is not None:
+            self.publisher.start()
+
+    def stop_features(self, shutdown: Optional[Shutdown] = None) -> None:
+        """For the supervisor, once the driver stopped serving: stop publishing (the slices
+        stay: the kubelet deletes them 30 s after the driver is gone, unless a new instance
+        registers, and the Node's deletion removes them)."""
+        if self.publisher is not None:
+            self.publisher.stop(shutdown)
 
     def run(self) -> None:
         """Serve, register and publish until SIGTERM or SIGINT."""
