@@ -540,3 +540,19 @@ def test_the_status_file_counts_a_registered_driver_as_healthy(sock_dir: str, ap
     finally:
         supervisor.stop()
         runner.join(10)
+
+
+def test_a_devices_own_reason_is_its_health_message(plugin: dra.DRAPlugin) -> None:
+    """The same Device.reason a device plugin logs is what the kubelet shows users for DRA."""
+    plugin.publish([*GPUS[:2], Device("gpu-2", healthy=False, reason="disabled by the admin")])
+    with Channel(plugin.service_path) as channel:
+        request, response = health_v1.NodeWatchResourcesRequest(), health_v1.NodeWatchResourcesResponse
+        with channel.server_streaming(paths.DRA_HEALTH_V1_WATCH, request, response) as stream:
+            last = next(stream).devices[2]
+    assert (last.device.device_name, last.health, last.message) == (
+        "gpu-2",
+        health_v1.UNHEALTHY,
+        "disabled by the admin",
+    )
+    plugin.set_health("gpu-2", True)
+    assert plugin.devices[2].reason is None

@@ -2,7 +2,7 @@
 
 The same :class:`sdplite.Device` objects that feed a device plugin feed a DRA
 driver: :class:`DeviceTable` checks them (with the DRA naming rules on top),
-keeps a message per device saying why it is (un)healthy, and pushes one
+sends each device's ``reason`` (why it has its health) as the message, and pushes one
 ``NodeWatchResourcesResponse`` listing every device to each open
 DRAResourceHealth stream on every change and on :meth:`DeviceTable.refresh`
 (the kubelet marks a device Unknown if it is not re-reported within 30 s).
@@ -31,7 +31,7 @@ MAX_HEALTH_MESSAGE = 1024
 
 
 class DeviceTable:
-    """Devices by name, health messages, health streams. Thread-safe."""
+    """Devices by name, their health and its reason, health streams. Thread-safe."""
 
     def __init__(self, driver: str, pool: str) -> None:
         self.driver = driver
@@ -39,7 +39,6 @@ class DeviceTable:
         self._lock = threading.RLock()
         self._devices: tuple[Device, ...] = ()
         self._by_name: dict[str, Device] = {}
-        self._messages: dict[str, str] = {}
         self._checked: dict[str, int] = {}
         self._streams: set[ResponseStream] = set()
         self._listeners: list[Callable[[], None]] = []
@@ -69,7 +68,6 @@ class DeviceTable:
             now = int(time.time())
             self._devices = new
             self._by_name = {d.id: d for d in new}
-            self._messages = {k: v for k, v in self._messages.items() if k in self._by_name}
             self._checked = {d.id: self._checked.get(d.id, now) for d in new}
             log.info(
                 "%s: device list now %d devices (%d healthy)",
@@ -87,12 +85,11 @@ class DeviceTable:
             if before is None:
                 raise KeyError(f"no device named {name!r}; known: {cut(sorted(self._by_name))}")
             self._checked[name] = int(time.time())
-            if before.healthy == healthy and self._messages.get(name, "") == message:
+            if before.healthy == healthy and (before.reason or "") == message:
                 return False
-            after = before.with_health(healthy)
+            after = before.with_health(healthy, message or None)
             self._devices = tuple(after if d.id == name else d for d in self._devices)
             self._by_name[name] = after
-            self._messages[name] = message
             log.info(
                 "%s: device %s is now %s%s",
                 self.driver,
@@ -102,9 +99,6 @@ class DeviceTable:
             )
             self._changed(list_changed=False)
         return True
-
-    def message(self, name: str) -> str:
-        return self._messages.get(name, "")
 
     def _changed(self, list_changed: bool = True) -> None:
         self._send(self.encode_health())
@@ -121,7 +115,7 @@ class DeviceTable:
         message = health.NodeWatchResourcesResponse()
         with self._lock:
             for device in self._devices:
-                text = self._messages.get(device.id, "")
+                text = device.reason or ""
                 if len(text) > MAX_HEALTH_MESSAGE:
                     text = text[: MAX_HEALTH_MESSAGE - 3] + "..."
                 message.devices.add(
