@@ -17,7 +17,7 @@ MODELS = {"ResourceSlice": "V1ResourceSlice", "ResourceClaim": "ResourceV1Resour
 GPUS = [
     Device(
         "gpu-0",
-        nodes=[DeviceNode("/dev/gpu0")],
+        nodes=[DeviceNode("/dev/null", "/dev/gpu0")],
         mounts=[Mount("/opt/gpu0")],
         envs={"GPU": "0"},
         attributes={"model": "X1", "index": 0, "driverVersion": dra.Version("1.2.3"), "ok": True},
@@ -51,6 +51,7 @@ def make_plugin(directory: str, api: FakeAPIServer, **kwargs: Any) -> dra.DRAPlu
         registry_dir=registry,
         plugin_dir=os.path.join(directory, "plugins"),
         pod_uid="",
+        cdi=os.path.join(directory, "cdi"),
     )
     options.update(kwargs)
     return dra.build(DRIVER, **options)

@@ -60,6 +60,7 @@ def test_program_blocks_register_and_stop_on_sigterm(block: Block, sock_dir: str
             "SDPLITE_KUBE_TOKEN": bed.api.token,
             "SDPLITE_REGISTRY_DIR": bed.registry_dir,
             "SDPLITE_DRA_PLUGIN_DIR": bed.plugin_dir,
+            "SDPLITE_CDI_DIR": os.path.join(bed.directory, "cdi"),
         }
         proc = subprocess.Popen(
             [sys.executable, "-c", block.code],

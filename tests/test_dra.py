@@ -556,3 +556,71 @@ def test_a_devices_own_reason_is_its_health_message(plugin: dra.DRAPlugin) -> No
     )
     plugin.set_health("gpu-2", True)
     assert plugin.devices[2].reason is None
+
+
+# -- CDI -------------------------------------------------------------------------------------
+
+
+def test_prepared_devices_get_a_cdi_spec_the_cdi_library_resolves(
+    plugin: dra.DRAPlugin, api: FakeAPIServer, sock_dir: str
+) -> None:
+    """One spec per claim, written atomically; its IDs go to the kubelet; Debian's CDI library
+    (the one runtimes use) loads it and injects each device's node, mount and env."""
+    from interop.cdi_check import load, oci_edits
+
+    uid = api.add_claim("default", "c", DRIVER, [("gpu", "gpu-0"), ("gpu", "gpu-2")])
+    response = prepare(plugin.service_path, [("default", uid, "c")])
+    ids = {d.device_name: list(d.cdi_device_ids) for d in response.claims[uid].devices}
+    assert ids == {"gpu-0": [f"k8s.{DRIVER}/claim={uid}-gpu-0"], "gpu-2": []}, "gpu-2 has nothing to inject"
+    cdi_dir = os.path.join(sock_dir, "cdi")
+    assert os.listdir(cdi_dir) == [f"k8s.{DRIVER}-claim_{uid}.json"]
+    report = load(cdi_dir, ids["gpu-0"])
+    assert report["errors"] == {}
+    edits = oci_edits(report["injected"][ids["gpu-0"][0]]["spec"])
+    assert edits["env"] == ["GPU=0"]
+    assert [d[0] for d in edits["devices"]] == ["/dev/gpu0"]
+    assert [m[:2] for m in edits["mounts"]] == [("/opt/gpu0", "/opt/gpu0")]
+    unprepare(plugin.service_path, [("default", uid, "c")])
+    assert os.listdir(cdi_dir) == [], "unprepare removes the claim's spec"
+
+
+def test_a_lost_cdi_spec_is_written_again_when_the_kubelet_repeats_prepare(
+    plugin: dra.DRAPlugin, api: FakeAPIServer, sock_dir: str, hooks: Hooks
+) -> None:
+    """/var/run/cdi is a tmpfs: after a reboot the checkpoint says prepared but the spec is gone."""
+    uid = api.add_claim("default", "c", DRIVER, [("gpu", "gpu-1")])
+    first = prepare(plugin.service_path, [("default", uid, "c")])
+    (path,) = [os.path.join(sock_dir, "cdi", n) for n in os.listdir(os.path.join(sock_dir, "cdi"))]
+    with open(path) as handle:
+        written = json.load(handle)
+    os.unlink(path)
+    again = prepare(plugin.service_path, [("default", uid, "c")])
+    assert again == first and len(hooks.prepared) == 1
+    with open(path) as handle:
+        assert json.load(handle) == written
+
+
+def test_without_cdi_only_the_devices_own_cdi_names_are_returned(sock_dir: str, api: FakeAPIServer) -> None:
+    devices = [Device("gpu-0", envs={"A": "1"}, cdi_devices=["vendor.com/gpu=0"])]
+    uid = api.add_claim("default", "c", DRIVER, [("gpu", "gpu-0")])
+    with make_plugin(sock_dir, api, devices=devices, cdi=False) as p:
+        wait_until(lambda: os.path.exists(p.socket_path), what="the registration socket")
+        response = prepare(p.service_path, [("default", uid, "c")])
+    assert [list(d.cdi_device_ids) for d in response.claims[uid].devices] == [["vendor.com/gpu=0"]]
+    assert not os.path.exists(os.path.join(sock_dir, "cdi"))
+
+
+def test_an_unwritable_cdi_directory_fails_the_claim_with_the_reason(
+    sock_dir: str, api: FakeAPIServer
+) -> None:
+    blocker = os.path.join(sock_dir, "not-a-dir")
+    open(blocker, "w").close()
+    uid = api.add_claim("default", "c", DRIVER, [("gpu", "gpu-0")])
+    with make_plugin(sock_dir, api, cdi=os.path.join(blocker, "cdi")) as p:
+        wait_until(lambda: os.path.exists(p.socket_path), what="the registration socket")
+        response = prepare(p.service_path, [("default", uid, "c")])
+        assert (
+            "NotADirectoryError" in response.claims[uid].error
+            or "FileExistsError" in response.claims[uid].error
+        )
+        assert p.prepared_claims == [], "a failed claim is not checkpointed: the kubelet's retry prepares it"

@@ -21,7 +21,8 @@ def test_the_fixture_registers_prepares_and_watches_health(sdplite_dra: DraTestb
         assert registered.endpoint == driver.service_path
         claim = sdplite_dra.claim(DRIVER, ["gpu-1"])
         (result,) = sdplite_dra.prepare(DRIVER, claim).values()
-        assert result == {"error": "", "devices": [(["req"], "node-1", "gpu-1", [])]}
+        cdi_id = f"k8s.{DRIVER}/claim={claim[1]}-gpu-1"
+        assert result == {"error": "", "devices": [(["req"], "node-1", "gpu-1", [cdi_id])]}
         driver.set_health("gpu-1", False, "fan stopped")
         health = sdplite_dra.kubelet.wait_for_health(
             DRIVER, lambda h: h.get("gpu-1", ("",))[0] == "UNHEALTHY"

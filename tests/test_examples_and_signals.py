@@ -176,6 +176,7 @@ def test_dra_example_beside_a_device_plugin_in_one_process(sock_dir: str) -> Non
         NODE_NAME="node-1",
         POD_UID="",
         SDPLITE_ALSO_DEVICE_PLUGIN="1",
+        SDPLITE_CDI_DIR=os.path.join(sock_dir, "cdi"),
     )
     sockets = {
         "DRAPlugin": os.path.join(registry, "gpu.example.com-reg.sock"),

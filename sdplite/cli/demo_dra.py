@@ -40,19 +40,25 @@ def _attributes(device: dict[str, Any]) -> str:
     return " ".join(values)
 
 
-def _show_container(say: Callable[[str], None], driver: Any, claim_devices: list[Any]) -> None:
-    """What the runtime gives the container for these prepared devices."""
-    for _, _, name, cdi_ids in claim_devices:
-        device = driver.state.snapshot()[name]
-        for cdi in cdi_ids:
-            say(f"      cdi     {cdi}")
-        for key, value in sorted(device.envs.items()):
-            say(f"      env     {key}={value}")
-        for node in device.nodes:
-            target = node.container_path or node.host_path
-            say(f"      device  {node.host_path} -> {target} ({node.permissions})")
-        for mount in device.mounts:
-            say(f"      mount   {mount.host_path} -> {mount.container_path or mount.host_path}")
+def _show_container(say: Callable[[str], None], spec_path: str, cdi_ids: list[str]) -> None:
+    """What the runtime gives the container: the CDI IDs and, from the spec file written for
+    the claim, each one's edits."""
+    import json
+
+    with open(spec_path, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    entries = {f"{spec['kind']}={d['name']}": d["containerEdits"] for d in spec["devices"]}
+    say(f"   CDI spec {spec_path} (cdiVersion {spec['cdiVersion']}):")
+    for cdi_id in cdi_ids:
+        edits = entries.get(cdi_id, {})
+        say(f"      cdi     {cdi_id}")
+        for env in edits.get("env", []):
+            say(f"      env     {env}")
+        for node in edits.get("deviceNodes", []):
+            source = node.get("hostPath", node["path"])
+            say(f"      device  {source} -> {node['path']} ({node.get('permissions', '')})")
+        for mount in edits.get("mounts", []):
+            say(f"      mount   {mount['hostPath']} -> {mount['containerPath']}")
 
 
 def run(say: Callable[[str], None]) -> int:
@@ -82,14 +88,17 @@ def run(say: Callable[[str], None]) -> int:
             say("4. NodePrepareResources: the kubelet records these devices for the claim:")
             for requests, pool_name, device_name, _ in result["devices"]:
                 say(f"   {pool_name}/{device_name} for request {','.join(requests)}")
-            say("   and the container that uses the claim gets:")
-            _show_container(say, driver, result["devices"])
+            cdi_ids = [i for device in result["devices"] for i in device[3]]
+            say("   and hands the runtime these CDI IDs; a container that uses the claim gets:")
+            assert driver.cdi is not None
+            _show_container(say, driver.cdi.path(claim[1]), cdi_ids)
             say("5. a health check fails: gpu-1 goes unhealthy, with a reason, on the health stream")
             driver.set_health("gpu-1", False, "fan stopped")
             health = bed.kubelet.wait_for_health(DRIVER, lambda h: h.get("gpu-1", ("",))[0] == "UNHEALTHY")
             for name, (state, message) in sorted(health.items()):
                 say(f"   {name:8} {state:10} {message}")
-            resource = f"{DRIVER}/{bed.node}/gpu-1"
+            # The kubelet names a device by its first CDI ID, else driver/pool/device.
+            resource = cdi_ids[0] if cdi_ids else f"{DRIVER}/{bed.node}/gpu-1"
             say(f"   (pod status: allocatedResourcesStatus 'claim:{claim[2]}/gpu': {resource} Unhealthy)")
             say("6. the kubelet restarts: it registers the driver again and repeats NodePrepareResources")
             started = time.monotonic()

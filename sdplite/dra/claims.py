@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 from ..devices import Device
+from ..files import write_atomic
 
 __all__ = [
     "AllocatedDevice",
@@ -289,9 +290,5 @@ class Checkpoint:
     def _write(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"version": CHECKPOINT_VERSION, "claims": self._claims}, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        data = json.dumps({"version": CHECKPOINT_VERSION, "claims": self._claims}, sort_keys=True)
+        write_atomic(self.path, data.encode(), sync=True)

@@ -23,6 +23,7 @@ from ..supervisor import BackgroundRunner
 from ..supervisor import run as run_plugins
 from ..wire import Server
 from ..wire.shutdown import Shutdown
+from .cdi_specs import ClaimSpecs
 from .claims import Checkpoint
 from .controller import DRAController
 from .devices import DeviceTable
@@ -85,7 +86,7 @@ class DRAPlugin:
         plugin_dir: str,
         pod_uid: Optional[str],
         health: bool,
-        cdi: Any,
+        cdi: Optional[ClaimSpecs],
         server_options: dict[str, Any],
     ) -> None:
         #: The DRA driver name (``spec.driver`` of its slices, ``driver`` of allocation results).
@@ -101,6 +102,8 @@ class DRAPlugin:
         #: ``<plugin_dir>/<driver>``: the service socket and the checkpoint live here.
         self.data_dir = os.path.join(plugin_dir, driver_name)
         self.socket_path, self.service_path = socket_paths(driver_name, registry_dir, self.data_dir, pod_uid)
+        #: Where prepared claims' CDI specs go (None: ``cdi=False``).
+        self.cdi = cdi
         #: Keywords for the gRPC server (see :class:`sdplite.wire.Server`).
         self.server_options = server_options
         #: The devices, their health and the health streams.
@@ -240,7 +243,7 @@ def build(
     plugin_dir: Optional[str] = None,
     pod_uid: Optional[str] = None,
     health: bool = True,
-    cdi: Any = None,
+    cdi: Union[bool, str] = True,
     **server_options: Any,
 ) -> DRAPlugin:
     """Make a DRA kubelet plugin for ``driver_name`` (e.g. ``"gpu.example.com"``).
@@ -259,9 +262,13 @@ def build(
     ``$POD_UID``) turns on rolling-update socket names. ``registry_dir`` and
     ``plugin_dir`` default to ``$SDPLITE_REGISTRY_DIR`` /
     ``$SDPLITE_DRA_PLUGIN_DIR`` or the kubelet's directories. ``health=False``
-    leaves DRAResourceHealth unadvertised. Further keywords tune the gRPC
-    server (see :class:`sdplite.wire.Server`).
+    leaves DRAResourceHealth unadvertised. ``cdi`` (default True) writes a CDI
+    spec per prepared claim into ``$SDPLITE_CDI_DIR`` or /var/run/cdi (a str:
+    that directory) and returns its CDI IDs to the kubelet; False writes none
+    (containers then get only the devices' ``cdi_devices`` names). Further
+    keywords tune the gRPC server (see :class:`sdplite.wire.Server`).
     """
+    validate_driver_name(driver_name)
     try:
         inspect.signature(Server).bind("x.sock", **server_options)
     except TypeError as exc:
@@ -286,6 +293,6 @@ def build(
         plugin_dir=plugin_dir or os.environ.get("SDPLITE_DRA_PLUGIN_DIR") or DEFAULT_PLUGINS_DIR,
         pod_uid=pod_uid if pod_uid is not None else os.environ.get("POD_UID"),
         health=health,
-        cdi=cdi,
+        cdi=ClaimSpecs(driver_name, cdi if isinstance(cdi, str) else None) if cdi else None,
         server_options=dict(server_options),
     )

@@ -54,7 +54,8 @@ class DraTestbed:
         self.stop()
 
     def options(self) -> dict[str, Any]:
-        """Keywords for :func:`sdplite.dra.build`: this node, this API server, these directories."""
+        """Keywords for :func:`sdplite.dra.build`: this node, this API server, these directories
+        (CDI specs go to ``<directory>/cdi``)."""
         from ..dra import KubeClient
 
         return {
@@ -63,6 +64,7 @@ class DraTestbed:
             "registry_dir": self.registry_dir,
             "plugin_dir": self.plugin_dir,
             "pod_uid": "",
+            "cdi": os.path.join(self.directory, "cdi"),
         }
 
     def claim(

@@ -117,6 +117,11 @@ def test_prepare_and_unprepare_several_claims(
     assert set(reply["claims"]) == {two, one, "gone-uid", broken}
     assert devices(reply, two) == [(["gpus"], NODE, "gpu-0"), (["gpus"], NODE, "gpu-1")]
     assert devices(reply, one) == [(["gpu"], NODE, "gpu-1")]
+    # Each device with something to inject has a CDI ID of a spec written for this claim.
+    assert [d[3] for d in reply["claims"][two]["devices"]] == [
+        [f"k8s.{DRIVER}/claim={two}-gpu-0"],
+        [f"k8s.{DRIVER}/claim={two}-gpu-1"],
+    ]
     assert "not found" in reply["claims"]["gone-uid"]["error"]
     assert reply["claims"][broken]["error"] == "RuntimeError: the device is wedged"
     # The kubelet retries the pod: the prepared claims are sent again and answered the same.
