@@ -516,12 +516,12 @@ def test_a_stopped_driver_leaves_no_threads_or_fds(sock_dir: str, api: FakeAPISe
 
 
 def test_the_status_file_counts_a_registered_driver_as_healthy(sock_dir: str, api: FakeAPIServer) -> None:
-    from sdplite.health import check_status
+    from sdplite.status_file import check_status
     from sdplite.supervisor import Supervisor
 
     p = make_plugin(sock_dir, api)
     path = os.path.join(sock_dir, "status.json")
-    supervisor = Supervisor([p], status_file=path)  # type: ignore[list-item]
+    supervisor = Supervisor([p], status_file=path)
     runner = threading.Thread(target=supervisor.run)
     runner.start()
     try:

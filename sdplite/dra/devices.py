@@ -47,11 +47,6 @@ class DeviceTable:
     def devices(self) -> tuple[Device, ...]:
         return self._devices
 
-    @property
-    def physical_devices(self) -> tuple[Device, ...]:
-        """The same as :attr:`devices` (a DRA driver has no replicas); for the status file."""
-        return self._devices
-
     def snapshot(self) -> dict[str, Device]:
         return self._by_name
 

@@ -17,15 +17,14 @@ from urllib.parse import quote
 
 from ..api import paths
 from ..devices import Device
-from ..lifecycle import PluginError
-from ..naming import MAX_SOCKET_PATH
+from ..serving import PluginError
 from ..supervisor import BackgroundRunner
 from ..supervisor import run as run_plugins
 from ..wire import Server
-from ..wire.shutdown import Shutdown
+from ..wire.socket_file import MAX_UNIX_PATH as MAX_SOCKET_PATH
 from .cdi_specs import ClaimSpecs
 from .claims import Checkpoint
-from .controller import DRAController
+from .controller import DataDir, DraService, make_controller
 from .devices import DeviceTable
 from .driver import Driver, PrepareHook, UnprepareHook
 from .kube import KubeClient
@@ -132,7 +131,17 @@ class DRAPlugin:
         if kube is not None:
             self.publisher = SlicePublisher(kube, driver_name, node_name, lambda: self.state.devices)
             self.state.add_listener(self.publisher.changed)
-        self._controller: Optional[DRAController] = None
+        features: list[Any] = [DataDir(self.data_dir)]
+        if self.publisher is not None:
+            # Started when the run begins, stopped after serving ends; the slices stay
+            # (the kubelet deletes them 30 s after the driver is gone, unless a new
+            # instance registers, and the Node's deletion removes them).
+            features.append(self.publisher)
+        service = DraService(driver_name, self.driver, self.state)
+        #: Runs this driver's life (serve, register, restart); the supervisor schedules it.
+        self.controller = make_controller(
+            driver_name, service, self.service_path, self.socket_path, health, server_options, features
+        )
         self._runner: Optional[BackgroundRunner] = None
 
     def __repr__(self) -> str:
@@ -140,31 +149,15 @@ class DRAPlugin:
 
     # -- running (as DevicePlugin) ---------------------------------------------------------
 
-    def make_controller(self, wake: Callable[[], None]) -> DRAController:
-        """For the supervisor: the part that serves and registers this driver."""
-        return DRAController(self, wake)
-
-    def start_features(self) -> None:
-        """For the supervisor, when the driver starts running: publish ResourceSlices."""
-        if self.publisher is not None:
-            self.publisher.start()
-
-    def stop_features(self, shutdown: Optional[Shutdown] = None) -> None:
-        """For the supervisor, once the driver stopped serving: stop publishing (the slices
-        stay: the kubelet deletes them 30 s after the driver is gone, unless a new instance
-        registers, and the Node's deletion removes them)."""
-        if self.publisher is not None:
-            self.publisher.stop(shutdown)
-
     def run(self) -> None:
         """Serve, register and publish until SIGTERM or SIGINT."""
-        run_plugins(self)  # type: ignore[arg-type]  # the supervisor takes either kind
+        run_plugins(self)
 
     def start(self) -> DRAPlugin:
         """Run in a background thread; returns at once (see :meth:`wait_registered`)."""
         if self._runner is not None:
             raise RuntimeError("this plugin is already running")
-        self._runner = BackgroundRunner([self])  # type: ignore[list-item]
+        self._runner = BackgroundRunner([self])
         return self
 
     def stop(self) -> None:
@@ -181,20 +174,16 @@ class DRAPlugin:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _attach(self, controller: Optional[DRAController]) -> None:
-        self._controller = controller
-
     @property
     def registered(self) -> bool:
         """True while the kubelet's plugin watcher has this driver registered."""
-        return self._controller is not None and self._controller.registered.is_set()
+        return self.controller.registered.is_set()
 
     def wait_registered(self, timeout: float = 30.0) -> bool:
         """Block until the kubelet's plugin watcher notified success (True) or ``timeout`` passes."""
-        controller = self._controller
-        if controller is None:
+        if not self.controller.running:
             raise RuntimeError("the plugin is not running: call start() or run() first")
-        return controller.registered.wait(timeout)
+        return self.controller.registered.wait(timeout)
 
     def wait_published(self, timeout: float = 30.0) -> bool:
         """Block until the ResourceSlices match the devices (False without API access or on timeout)."""
@@ -203,12 +192,12 @@ class DRAPlugin:
     @property
     def error(self) -> Optional[str]:
         """Why the driver stopped on its own (e.g. another process serves its socket), if it did."""
-        return self._controller.fatal if self._controller is not None else None
+        return self.controller.fatal
 
     def restart(self, reason: str = "requested") -> None:
         """Serve fresh sockets and register again, as on SIGHUP."""
-        if self._controller is not None:
-            self._controller.request_restart(reason)
+        if self.controller.running:
+            self.controller.request_restart(reason)
 
     # -- devices -------------------------------------------------------------------------
 
