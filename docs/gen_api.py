@@ -3,8 +3,9 @@
     python docs/gen_api.py            # (re)write docs/api.md
     python docs/gen_api.py --check    # exit 1 if docs/api.md is not what this would write
 
-The public API is everything in ``sdplite.__all__``, ``sdplite.wire.__all__``
-and ``sdplite.testing.__all__``, plus ``sdplite.podresources.PodResourcesClient``.
+The public API is everything in ``sdplite.__all__``, ``sdplite.wire.__all__``,
+``sdplite.testing.__all__`` and ``sdplite.dra.__all__``, plus
+``sdplite.podresources.PodResourcesClient``.
 For each object: its signature and docstring; for a class also its public
 methods, properties and instance attributes (those set in ``__init__``; a
 ``#:`` comment above the assignment is its documentation). The output is
@@ -42,6 +43,7 @@ SECTIONS: list[tuple[str, Optional[list[str]]]] = [
         "sdplite.cdi",
         ["SpecFile", "CdiError", "build_spec", "write_spec", "remove_spec", "qualified_name", "kind_for"],
     ),
+    ("sdplite.dra", None),
 ]
 
 WIDTH = 100  # longer signatures get one parameter per line

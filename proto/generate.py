@@ -41,6 +41,10 @@ SOURCES = {
     "v1beta1/api.proto": "deviceplugin",
     "pluginregistration/api.proto": "pluginregistration",
     "podresources/api.proto": "podresources",
+    "dra/v1/api.proto": "dra_v1",
+    "dra/v1beta1/api.proto": "dra_v1beta1",
+    "dra-health/v1alpha1/api.proto": "drahealth_v1alpha1",
+    "dra-health/v1/api.proto": "drahealth_v1",
 }
 
 # What the pinned grpcio-tools must report. Python output of newer protoc (35.1,

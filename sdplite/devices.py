@@ -148,6 +148,12 @@ class Device:
     it sees /dev/sdb and DISK=sdb. ``reason`` says why the device has its
     health; the kubelet never sees it (v1beta1 has no field for it), but the
     logs, the status file, ``sdplite inspect`` and the metrics do.
+
+    ``attributes`` and ``capacity`` are for Dynamic Resource Allocation
+    (:mod:`sdplite.dra`): they are published in the node's ResourceSlice, where
+    claims select devices by them. Attribute values are ``int``, ``bool``,
+    ``str`` or :class:`sdplite.dra.Version`; capacities are quantity strings
+    such as ``"80Gi"``. Device plugins ignore both.
     """
 
     id: str
@@ -159,6 +165,8 @@ class Device:
     annotations: Mapping[str, str] = field(default_factory=dict)
     cdi_devices: Sequence[str] = ()
     reason: Optional[str] = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    capacity: Mapping[str, str] = field(default_factory=dict)
 
     _FIELDS = (
         "id",
@@ -170,6 +178,8 @@ class Device:
         "annotations",
         "cdi_devices",
         "reason",
+        "attributes",
+        "capacity",
     )
     __eq__ = _eq
     __repr__ = _repr
@@ -185,6 +195,8 @@ class Device:
         annotations: Mapping[str, str] = _NEW_DICT,
         cdi_devices: Sequence[str] = (),
         reason: Optional[str] = None,
+        attributes: Mapping[str, Any] = _NEW_DICT,
+        capacity: Mapping[str, str] = _NEW_DICT,
     ) -> None:
         # Frozen and hashable: sequences become tuples, mappings sorted tuples.
         set_ = object.__setattr__
@@ -197,6 +209,8 @@ class Device:
         set_(self, "annotations", dict(_freeze(annotations)) if annotations else {})
         set_(self, "cdi_devices", tuple(cdi_devices))
         set_(self, "reason", reason)
+        set_(self, "attributes", dict(_freeze(attributes)) if attributes else {})
+        set_(self, "capacity", dict(_freeze(capacity)) if capacity else {})
 
     def __hash__(self) -> int:
         return hash(
@@ -210,6 +224,8 @@ class Device:
                 _freeze(self.annotations),
                 self.cdi_devices,
                 self.reason,
+                _freeze(self.attributes),
+                _freeze(self.capacity),
             )
         )
 
@@ -235,6 +251,8 @@ class Device:
         set_(device, "annotations", self.annotations)
         set_(device, "cdi_devices", self.cdi_devices)
         set_(device, "reason", reason)
+        set_(device, "attributes", self.attributes)
+        set_(device, "capacity", self.capacity)
         return device
 
     def to_proto(self) -> pb.Device:

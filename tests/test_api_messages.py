@@ -24,13 +24,25 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from sdplite.api import deviceplugin_pb2 as dp
+from sdplite.api import dra_v1_pb2 as dra1
+from sdplite.api import dra_v1beta1_pb2 as dra1b1
+from sdplite.api import drahealth_v1_pb2 as health1
+from sdplite.api import drahealth_v1alpha1_pb2 as health1a1
 from sdplite.api import paths
 from sdplite.api import pluginregistration_pb2 as reg
 from sdplite.api import podresources_pb2 as pr
 
 ROOT = Path(__file__).resolve().parent.parent
 API_DIR = ROOT / "sdplite" / "api"
-MODULES = {"deviceplugin": dp, "pluginregistration": reg, "podresources": pr}
+MODULES = {
+    "deviceplugin": dp,
+    "pluginregistration": reg,
+    "podresources": pr,
+    "dra_v1": dra1,
+    "dra_v1beta1": dra1b1,
+    "drahealth_v1": health1,
+    "drahealth_v1alpha1": health1a1,
+}
 
 # --- what the kubelet defines --------------------------------------------------
 
@@ -97,11 +109,43 @@ PODRESOURCES_V1 = {
     "GetPodResourcesResponse": "pod_resources = 1 : PodResources",
 }
 
+# DRAPlugin (kubernetes/kubelet pkg/apis/dra/{v1,v1beta1}/api.proto): v1beta1 lacks share_id.
+DRA_V1BETA1 = {
+    "NodePrepareResourcesRequest": "claims = 1 : repeated Claim",
+    "NodePrepareResourcesResponse": "claims = 1 : map<string,NodePrepareResourceResponse>",
+    "NodePrepareResourceResponse": "devices = 1 : repeated Device; error = 2 : string",
+    "Device": "request_names = 1 : repeated string; pool_name = 2 : string; device_name = 3 : string; "
+    "cdi_device_ids = 4 : repeated string",
+    "NodeUnprepareResourcesRequest": "claims = 1 : repeated Claim",
+    "NodeUnprepareResourcesResponse": "claims = 1 : map<string,NodeUnprepareResourceResponse>",
+    "NodeUnprepareResourceResponse": "error = 1 : string",
+    "Claim": "namespace = 1 : string; uid = 2 : string; name = 3 : string",
+}
+DRA_V1 = dict(DRA_V1BETA1, Device=DRA_V1BETA1["Device"] + "; share_id = 5 : optional string")
+
+# DRAResourceHealth (kubernetes/kubelet pkg/apis/dra-health/{v1alpha1,v1}/api.proto): the same layout.
+DRA_HEALTH = {
+    "NodeWatchResourcesRequest": "",
+    "NodeWatchResourcesResponse": "devices = 1 : repeated DeviceHealth",
+    "DeviceHealth": "device = 1 : DeviceIdentifier; health = 2 : HealthStatus; "
+    "last_updated_time = 3 : int64; health_check_timeout_seconds = 4 : int64; message = 5 : string",
+    "DeviceIdentifier": "pool_name = 1 : string; device_name = 2 : string",
+}
+#: Enums per module: name -> "VALUE = number; ...".
+ENUMS = {
+    health1: {"HealthStatus": "UNKNOWN = 0; HEALTHY = 1; UNHEALTHY = 2"},
+    health1a1: {"HealthStatus": "UNKNOWN = 0; HEALTHY = 1; UNHEALTHY = 2"},
+}
+
 # module, proto package, message table
 PACKAGES = [
     (dp, "v1beta1", DEVICEPLUGIN_V1BETA1),
     (reg, "pluginregistration", PLUGINREGISTRATION),
     (pr, "v1", PODRESOURCES_V1),
+    (dra1, "k8s.io.kubelet.pkg.apis.dra.v1", DRA_V1),
+    (dra1b1, "k8s.io.kubelet.pkg.apis.dra.v1beta1", DRA_V1BETA1),
+    (health1, "v1", DRA_HEALTH),
+    (health1a1, "v1alpha1", DRA_HEALTH),
 ]
 
 UNARY, SERVER_STREAMING = "unary", "server-streaming"
@@ -145,6 +189,29 @@ METHODS = {
         ),
         ("/v1.PodResourcesLister/Get", UNARY, "GetPodResourcesRequest", "GetPodResourcesResponse"),
     ],
+    **{
+        module: [
+            (
+                f"/k8s.io.kubelet.pkg.apis.dra.{version}.DRAPlugin/{verb}Resources",
+                UNARY,
+                f"{verb}ResourcesRequest",
+                f"{verb}ResourcesResponse",
+            )
+            for verb in ("NodePrepare", "NodeUnprepare")
+        ]
+        for module, version in ((dra1, "v1"), (dra1b1, "v1beta1"))
+    },
+    **{
+        module: [
+            (
+                f"/{version}.DRAResourceHealth/NodeWatchResources",
+                SERVER_STREAMING,
+                "NodeWatchResourcesRequest",
+                "NodeWatchResourcesResponse",
+            )
+        ]
+        for module, version in ((health1, "v1"), (health1a1, "v1alpha1"))
+    },
 }
 
 # --- reading the generated descriptors back in the tables' notation -----------
@@ -224,7 +291,9 @@ def test_every_message_has_exactly_the_kubelets_fields(
     proto = _file_proto(module)
     assert proto.syntax == "proto3"
     assert proto.package == package
-    assert not proto.enum_type and not proto.dependency
+    assert not proto.dependency
+    enums = {e.name: "; ".join(f"{v.name} = {v.number}" for v in e.value) for e in proto.enum_type}
+    assert enums == ENUMS.get(module, {})
     found = {message.name: _render(message, package) for message in proto.message_type}
     assert sorted(found) == sorted(table), "message set differs"
     for name, spec in table.items():
@@ -264,6 +333,9 @@ def test_go_package_is_set_for_a_go_peer() -> None:
     assert _file_proto(dp).options.go_package == "sdplite.test/v1beta1;v1beta1"
     assert _file_proto(reg).options.go_package.endswith(";pluginregistration")
     assert _file_proto(pr).options.go_package.endswith(";podresources")
+    for module in (dra1, dra1b1, health1, health1a1):
+        short = module.__name__.rsplit(".", 1)[-1][: -len("_pb2")].replace("_", "")
+        assert _file_proto(module).options.go_package == f"sdplite.test/{short};{short}"
 
 
 # --- services ------------------------------------------------------------------
@@ -301,15 +373,25 @@ def test_paths_module_names_every_method_path() -> None:
         paths.POD_RESOURCES_LIST: "/v1.PodResourcesLister/List",
         paths.POD_RESOURCES_GET_ALLOCATABLE: "/v1.PodResourcesLister/GetAllocatableResources",
         paths.POD_RESOURCES_GET: "/v1.PodResourcesLister/Get",
+        paths.DRA_V1_PREPARE: "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources",
+        paths.DRA_V1_UNPREPARE: "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodeUnprepareResources",
+        paths.DRA_V1BETA1_PREPARE: "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodePrepareResources",
+        paths.DRA_V1BETA1_UNPREPARE: "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodeUnprepareResources",
+        paths.DRA_HEALTH_V1_WATCH: "/v1.DRAResourceHealth/NodeWatchResources",
+        paths.DRA_HEALTH_V1ALPHA1_WATCH: "/v1alpha1.DRAResourceHealth/NodeWatchResources",
     } == {path: path for rows in METHODS.values() for path, *_ in rows}
     services = {
         paths.REGISTRATION_SERVICE: dp,
         paths.DEVICE_PLUGIN_SERVICE: dp,
         paths.PLUGIN_REGISTRATION_SERVICE: reg,
         paths.POD_RESOURCES_SERVICE: pr,
+        paths.DRA_V1_SERVICE: dra1,
+        paths.DRA_V1BETA1_SERVICE: dra1b1,
+        paths.DRA_HEALTH_V1_SERVICE: health1,
+        paths.DRA_HEALTH_V1ALPHA1_SERVICE: health1a1,
     }
     for full_name, module in services.items():
-        package, name = full_name.split(".")
+        package, name = full_name.rsplit(".", 1)
         assert module.DESCRIPTOR.services_by_name[name].full_name == full_name
 
 
@@ -323,6 +405,11 @@ def test_paths_constants() -> None:
     assert paths.PLUGINS_REGISTRY_PATH == "/var/lib/kubelet/plugins_registry/"
     assert paths.DEVICE_PLUGIN_TYPE == "DevicePlugin"
     assert paths.POD_RESOURCES_SOCKET == "/var/lib/kubelet/pod-resources/kubelet.sock"
+    # DRAPlugin is advertised by "<version>.DRAPlugin", not its gRPC name (newest first);
+    # DRAResourceHealth by its gRPC service name.
+    assert (paths.DRA_V1_VERSION, paths.DRA_V1BETA1_VERSION) == ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+    assert paths.DRA_PLUGIN_TYPE == "DRAPlugin"
+    assert paths.DRA_PLUGINS_PATH == "/var/lib/kubelet/plugins/"
 
 
 # --- bytes on the wire -----------------------------------------------------------
@@ -393,6 +480,26 @@ def test_plugin_info_and_pod_resources_bytes() -> None:
     assert memory.SerializeToString() == b"\x0a\x06memory" + b"\x10\x80\x80\x80\x80\x20"
 
 
+def test_dra_claim_and_per_claim_map_bytes() -> None:
+    claim = dra1.Claim(namespace="n", uid="u", name="c")
+    assert claim.SerializeToString() == b"\x0a\x01n\x12\x01u\x1a\x01c"
+    response = dra1.NodePrepareResourcesResponse()
+    response.claims["u"].error = "e"
+    # field 1, one map entry {key = 1: "u", value = 2: {error = 2: "e"}}
+    assert response.SerializeToString() == b"\x0a\x08\x0a\x01u\x12\x03\x12\x01e"
+    assert (
+        dra1b1.NodePrepareResourcesResponse.FromString(response.SerializeToString()).claims["u"].error == "e"
+    )
+
+
+def test_dra_health_enum_and_identifier_bytes() -> None:
+    health = health1.DeviceHealth(
+        device=health1.DeviceIdentifier(pool_name="p", device_name="d"), health=health1.UNHEALTHY
+    )
+    assert health.SerializeToString() == b"\x0a\x06\x0a\x01p\x12\x01d\x10\x02"
+    assert health1a1.DeviceHealth.FromString(health.SerializeToString()).health == health1a1.UNHEALTHY
+
+
 def test_hand_written_bytes_parse() -> None:
     device = dp.Device.FromString(b"\x0a\x01a\x12\x07Healthy\x1a\x04\x0a\x02\x08\x01")
     assert (device.ID, device.health, [n.ID for n in device.topology.nodes]) == ("a", "Healthy", [1])
@@ -412,6 +519,7 @@ _SAMPLE: dict[int, object] = {
     _FD.TYPE_INT32: -3,
     _FD.TYPE_INT64: -(2**40),
     _FD.TYPE_UINT64: 2**63 + 1,
+    _FD.TYPE_ENUM: 2,
 }
 
 
@@ -421,8 +529,12 @@ def _filled(module: ModuleType, name: str) -> Message:
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            value["k1"] = "v1"
-            value["k2"] = "v2"
+            entry_value = field.message_type.fields_by_name["value"].message_type
+            for key in ("k1", "k2"):
+                if entry_value is None:
+                    value[key] = "v" + key[1:]
+                else:
+                    value[key].CopyFrom(_filled(module, entry_value.name))
         elif field.message_type is not None:
             sub = _filled(module, field.message_type.name)
             if hasattr(value, "add"):

@@ -110,6 +110,28 @@ def test_kubelet_command_prints_registrations_updates_and_restarts(sock_dir: str
     assert not os.path.exists(os.path.join(sock_dir, "kubelet.sock"))
 
 
+def test_kubelet_command_registers_dra_drivers_and_prints_their_health(sock_dir: str) -> None:
+    from sdplite import dra
+
+    registry = os.path.join(sock_dir, "reg")
+    kubelet = start("kubelet", "--dir", os.path.join(sock_dir, "dp"), "--dra-registry", registry)
+    try:
+        kubelet.wait_for("for DRA drivers")
+        devices = [Device("gpu-0"), Device("gpu-1")]
+        options = dict(
+            node_name="n", kube=None, registry_dir=registry, plugin_dir=os.path.join(sock_dir, "p")
+        )
+        with dra.build("gpu.example.com", devices=devices, pod_uid="", **options) as driver:
+            kubelet.wait_for("registered   gpu.example.com")
+            kubelet.wait_for("health       gpu.example.com: gpu-0=HEALTHY, gpu-1=HEALTHY")
+            driver.set_health("gpu-1", False, "too hot")
+            kubelet.wait_for("gpu-1=UNHEALTHY (too hot)")
+            kubelet.proc.send_signal(signal.SIGHUP)
+            kubelet.wait_for("registered   gpu.example.com", count=2)
+    finally:
+        assert kubelet.stop() == 0
+
+
 @pytest.fixture
 def emulator(sock_dir: str) -> Iterator[KubeletEmulator]:
     with KubeletEmulator(os.path.join(sock_dir, "dp")) as kubelet:
@@ -307,3 +329,63 @@ def test_inspect_reports_a_missing_socket(sock_dir: str) -> None:
         timeout=30,
     )
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+
+
+def test_demo_dra_prepares_a_claim_and_shows_what_the_container_gets() -> None:
+    result = subprocess.run([*SDPLITE, "demo", "--dra"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for step in (
+        "the kubelet took v1.DRAPlugin and v1 health",
+        "gpu-1    index=1 model=DemoGPU memory=16Gi",
+        "node-1/gpu-1 for request gpu",
+        "cdi     k8s.gpu.example.com/claim=",
+        "device  /dev/null -> /dev/demo-gpu1 (rw)",
+        "env     DEMO_VISIBLE_GPUS=gpu-1",
+        "gpu-1    UNHEALTHY  fan stopped",
+        "the same answer, from the checkpoint",
+        "NodeUnprepareResources -> ok",
+        "done.",
+    ):
+        assert step in out, (step, out)
+
+
+def test_inspect_a_dra_driver(sock_dir: str) -> None:
+    """Through its registration socket: info, health; a claim prepared and unprepared."""
+    from sdplite import dra
+    from sdplite.testing.dra import DraTestbed
+
+    with DraTestbed(directory=sock_dir) as bed:
+        devices = [Device("gpu-0"), Device("gpu-1", healthy=False)]
+        with dra.build("gpu.example.com", devices=devices, **bed.options()) as driver:
+            bed.kubelet.wait_for_registration("gpu.example.com")
+            namespace, uid, name = bed.claim("gpu.example.com", ["gpu-0"])
+            claim = f"{namespace}/{name}/{uid}"
+            result = subprocess.run(
+                [*SDPLITE, "inspect", "--dra", driver.socket_path, "--prepare", claim, "--unprepare", claim],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            as_json = subprocess.run(
+                [*SDPLITE, "inspect", "--dra", driver.service_path, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            bad = subprocess.run(
+                [*SDPLITE, "inspect", "--dra", driver.socket_path, "--prepare", "only/two"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "plugin: type=DRAPlugin name=gpu.example.com" in out and driver.service_path in out
+    assert "node-1/gpu-1" in out and "UNHEALTHY" in out
+    assert f"claim {uid}: ok\n  node-1/gpu-0 requests=req" in out
+    assert out.count(f"claim {uid}: ok") == 2
+    assert as_json.returncode == 0, as_json.stderr
+    (health,) = [json.loads(line)["health"] for line in as_json.stdout.splitlines()]
+    assert [d["device"]["device_name"] for d in health["devices"]] == ["gpu-0", "gpu-1"]
+    assert bad.returncode == 2 and "NAMESPACE/NAME/UID" in bad.stderr

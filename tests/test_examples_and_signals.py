@@ -150,3 +150,55 @@ def test_shared_gpu_example_replicas_health_checks_and_cdi(kubelet: GrpcioKubele
         in out
     )
     assert "device gpu-1 is now Healthy: health check passed 2 times in a row" in out
+
+
+def test_dra_example_beside_a_device_plugin_in_one_process(sock_dir: str) -> None:
+    """examples/dra_gpu.py serves a DRA driver and a device plugin through ``sdplite.run(a, b)``:
+    both register sockets, publish, SIGHUP restarts both, SIGTERM removes every socket and exits 0."""
+    from dra_support import api_server
+
+    from sdplite.api import paths
+    from sdplite.api import pluginregistration_pb2 as reg
+    from sdplite.wire import Channel
+
+    from conftest import wait_until
+
+    registry = os.path.join(sock_dir, "reg")
+    os.mkdir(registry)
+    api = api_server()
+    proc = spawn(
+        "dra_gpu.py",
+        sock_dir,
+        SDPLITE_REGISTRY_DIR=registry,
+        SDPLITE_DRA_PLUGIN_DIR=os.path.join(sock_dir, "plugins"),
+        SDPLITE_KUBE_URL=api.url,
+        SDPLITE_KUBE_TOKEN=api.token,
+        NODE_NAME="node-1",
+        POD_UID="",
+        SDPLITE_ALSO_DEVICE_PLUGIN="1",
+        SDPLITE_CDI_DIR=os.path.join(sock_dir, "cdi"),
+    )
+    sockets = {
+        "DRAPlugin": os.path.join(registry, "gpu.example.com-reg.sock"),
+        "DevicePlugin": os.path.join(registry, "gpu-dp.sock"),
+    }
+    try:
+        wait_until(lambda: all(map(os.path.exists, sockets.values())), 30, "both registration sockets")
+        for kind, path in sockets.items():
+            with Channel(path) as channel:
+                assert channel.unary(paths.GET_INFO, reg.InfoRequest(), reg.PluginInfo).type == kind
+        assert api.wait(lambda: len(api.slices) == 1)
+        (published,) = api.slices.values()
+        assert [d["name"] for d in published["spec"]["devices"]] == ["gpu-0", "gpu-1"]
+        proc.send_signal(signal.SIGHUP)
+        restarted = read_until(proc, "gpu.example.com: restarting: SIGHUP")
+        assert "example.com/gpu: restarting: SIGHUP" in restarted, restarted
+        wait_until(lambda: all(map(os.path.exists, sockets.values())), 30, "both sockets back")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        service = os.path.join(sock_dir, "plugins", "gpu.example.com", "dra.sock")
+        assert not [p for p in (*sockets.values(), service) if os.path.exists(p)]
+    finally:
+        out = finish(proc)
+        api.stop()
+    assert "received SIGTERM" in out

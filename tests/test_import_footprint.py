@@ -21,6 +21,10 @@ NOT_AT_IMPORT = [
     "sdplite.api.podresources_pb2",
     "sdplite.testing",
     "sdplite.cdi",  # only with cdi=True
+    "sdplite.dra",  # a DRA driver imports it; a device plugin never pays for it
+    "sdplite.api.dra_v1_pb2",
+    "sdplite.api.drahealth_v1_pb2",
+    "http.client",
 ]
 
 

@@ -15,3 +15,6 @@ from interop.spec import *  # noqa: F403  (the shared cases, collected here agai
 @pytest.fixture
 def kind() -> str:
     return "go"
+
+
+from interop.spec_dra import *  # noqa: F403,E402  (the DRA cases: grpc-go plays the kubelet's DRA side)

@@ -54,3 +54,28 @@ POD_RESOURCES_SERVICE = "v1.PodResourcesLister"
 POD_RESOURCES_LIST = "/v1.PodResourcesLister/List"
 POD_RESOURCES_GET_ALLOCATABLE = "/v1.PodResourcesLister/GetAllocatableResources"
 POD_RESOURCES_GET = "/v1.PodResourcesLister/Get"
+
+# --- Dynamic Resource Allocation (docs/design.md, "Dynamic Resource Allocation") ---
+# For DRAPlugin the string a plugin advertises in PluginInfo.supported_versions is
+# NOT the gRPC service name; for DRAResourceHealth it is.
+
+#: PluginInfo.type of a DRA driver.
+DRA_PLUGIN_TYPE = "DRAPlugin"
+#: Where DRA drivers keep their service sockets and data: <dir>/<driver name>/.
+DRA_PLUGINS_PATH = "/var/lib/kubelet/plugins/"
+
+DRA_V1_SERVICE = "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin"
+DRA_V1BETA1_SERVICE = "k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin"
+DRA_V1_PREPARE = f"/{DRA_V1_SERVICE}/NodePrepareResources"
+DRA_V1_UNPREPARE = f"/{DRA_V1_SERVICE}/NodeUnprepareResources"
+DRA_V1BETA1_PREPARE = f"/{DRA_V1BETA1_SERVICE}/NodePrepareResources"
+DRA_V1BETA1_UNPREPARE = f"/{DRA_V1BETA1_SERVICE}/NodeUnprepareResources"
+#: Advertised for the two DRAPlugin versions, newest first: kubelets 1.34+ take the
+#: first entry they know, in the plugin's order.
+DRA_V1_VERSION = "v1.DRAPlugin"
+DRA_V1BETA1_VERSION = "v1beta1.DRAPlugin"
+
+DRA_HEALTH_V1_SERVICE = "v1.DRAResourceHealth"
+DRA_HEALTH_V1ALPHA1_SERVICE = "v1alpha1.DRAResourceHealth"
+DRA_HEALTH_V1_WATCH = f"/{DRA_HEALTH_V1_SERVICE}/NodeWatchResources"  # server-streaming
+DRA_HEALTH_V1ALPHA1_WATCH = f"/{DRA_HEALTH_V1ALPHA1_SERVICE}/NodeWatchResources"  # server-streaming

@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     def say(text: str = "") -> None:
         print(text, flush=True)
 
+    if args.dra:
+        from . import demo_dra  # here: the device-plugin demo need not load DRA
+
+        return demo_dra.run(say)
+
     logging.basicConfig(level=logging.WARNING, format="  (log) %(levelname)s %(message)s")
     directory = tempfile.mkdtemp(prefix="sdplite-demo-")
     emulator = KubeletEmulator(directory).start()
@@ -130,5 +135,10 @@ def add_parser(commands: Any) -> None:
         help="see a plugin and a kubelet emulator at work, in a few seconds",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dra",
+        action="store_true",
+        help="a DRA driver instead: registration, ResourceSlice, a claim prepared, health, kubelet restart",
     )
     parser.set_defaults(run=run)

@@ -9,6 +9,7 @@ Works with plugins written with anything, not just sdplite. With
 and container got which devices, and what is allocatable. With
 --status it reads a running sdplite process's status file: registration,
 streams, and why each unhealthy device is unhealthy.
+With --dra it talks to a DRA driver instead (see ``sdplite.cli.inspect_dra``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def _emit(args: argparse.Namespace, title: str, message: Any, text: str) -> None
 def run(args: argparse.Namespace) -> int:
     if args.status is not None:
         return _status(args)
+    if args.dra:
+        from . import inspect_dra  # here: inspecting a device plugin need not load DRA
+
+        return inspect_dra.run(args)
     if args.pod_resources:
         return _pod_resources(args)
     if not args.socket:
@@ -261,7 +266,24 @@ def add_parser(commands: Any) -> None:
         help="read a running sdplite process's status file instead (default: $SDPLITE_STATUS_FILE or "
         f"{DEFAULT_STATUS_FILE}): registration, streams, and each unhealthy device with its reason",
     )
-    parser.add_argument("--follow", action="store_true", help="keep printing device list updates")
+    parser.add_argument(
+        "--dra",
+        action="store_true",
+        help="SOCKET is a DRA driver's registration or service socket: show its info and device health",
+    )
+    parser.add_argument(
+        "--prepare",
+        action="append",
+        metavar="NS/NAME/UID",
+        help="with --dra: call NodePrepareResources for this claim (repeatable)",
+    )
+    parser.add_argument(
+        "--unprepare",
+        action="append",
+        metavar="NS/NAME/UID",
+        help="with --dra: call NodeUnprepareResources for this claim (repeatable)",
+    )
+    parser.add_argument("--follow", action="store_true", help="keep printing device list (or health) updates")
     parser.add_argument(
         "--allocate",
         action="append",

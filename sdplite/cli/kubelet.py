@@ -2,8 +2,10 @@
 
 Serves kubelet.sock in --dir and prints every registration, device update and
 disconnection as it happens. Point your plugin at the same directory (for
-sdplite plugins: SDPLITE_PLUGIN_DIR=DIR). SIGHUP simulates a kubelet restart;
-Ctrl-C stops.
+sdplite plugins: SDPLITE_PLUGIN_DIR=DIR). With --dra-registry DIR it is also the
+kubelet's DRA side on that plugins_registry directory: DRA drivers there are
+registered and their device health printed as it changes (for sdplite drivers:
+SDPLITE_REGISTRY_DIR=DIR). SIGHUP simulates a kubelet restart; Ctrl-C stops.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..testing import KubeletEmulator
 from ..testing.emulator import Resource
+
+if TYPE_CHECKING:
+    from ..testing.dra_emulator import DraKubeletEmulator
 
 DEFAULT_DIR = "/tmp/sdplite-kubelet"
 
@@ -44,6 +49,12 @@ def _printer(kind: str, name: str, detail: Any) -> None:
             f"{len(detail.healthy)} healthy{tail}",
             flush=True,
         )
+    elif kind == "health" and isinstance(detail, dict):
+        states = ", ".join(
+            f"{device}={state}{f' ({message})' if message else ''}"
+            for device, (state, message) in sorted(detail.items())
+        )
+        print(f"{_stamp()} health       {name}: {states}", flush=True)
     else:
         print(f"{_stamp()} {kind:12} {name}: {detail}", flush=True)
 
@@ -74,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, OSError) as exc:
         print(f"sdplite kubelet: {exc}", file=sys.stderr)
         return 1
+    dra: Optional[DraKubeletEmulator] = None
+    if args.dra_registry:
+        from ..testing.dra_emulator import DraKubeletEmulator as Emulator  # only with DRA
+
+        dra = Emulator(os.path.abspath(args.dra_registry), on_event=_printer).start()
+        print(f"{_stamp()} watching     {dra.registry_dir} for DRA drivers", flush=True)
     restart = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -85,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
                 restart.clear()
                 print(f"{_stamp()} restarting   sockets in {directory} are deleted", flush=True)
                 emulator.restart()
+                if dra is not None:
+                    dra.restart()
     finally:
+        if dra is not None:
+            dra.stop()
         emulator.stop()
         print(f"{_stamp()} stopped", flush=True)
     return 0
@@ -103,5 +124,10 @@ def add_parser(commands: Any) -> None:
         default=os.environ.get("SDPLITE_PLUGIN_DIR", DEFAULT_DIR),
         help=f"device-plugins directory to serve kubelet.sock in (default: $SDPLITE_PLUGIN_DIR "
         f"or {DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--dra-registry",
+        metavar="DIR",
+        help="also be the kubelet's DRA side on this plugins_registry directory",
     )
     parser.set_defaults(run=run)

@@ -22,7 +22,8 @@ gocode=/usr/share/gocode
 
 stamp=$( (go version; protoc --version
           dpkg-query -W golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc 2>/dev/null || true
-          cat "$0" "$here"/go/*.go "$root"/proto/v1beta1/api.proto "$root"/proto/pluginregistration/api.proto) | sha256sum | cut -c1-32)
+          cat "$0" "$here"/go/*.go "$root"/proto/v1beta1/api.proto "$root"/proto/pluginregistration/api.proto \
+              "$root"/proto/dra/*/api.proto "$root"/proto/dra-health/*/api.proto) | sha256sum | cut -c1-32)
 if [ -x "$bin" ] && [ "$(cat "$bin.stamp" 2>/dev/null)" = "$stamp" ]; then
     echo "$bin"
     exit 0
@@ -36,7 +37,8 @@ mkdir -p "$work/gopath/src/sdplite.test/v1beta1"
 protoc -I "$root/proto" \
     --go_out="$work/gopath/src" --go_opt=paths=import \
     --go-grpc_out="$work/gopath/src" --go-grpc_opt=paths=import \
-    v1beta1/api.proto pluginregistration/api.proto >&2
+    v1beta1/api.proto pluginregistration/api.proto \
+    dra/v1/api.proto dra/v1beta1/api.proto dra-health/v1alpha1/api.proto dra-health/v1/api.proto >&2
 mkdir -p "$work/gopath/src/sdplite.test/kubelet-go"
 cp "$here"/go/*.go "$work/gopath/src/sdplite.test/kubelet-go/"
 (

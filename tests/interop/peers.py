@@ -340,3 +340,56 @@ class WatcherPeer(KubeletPeer):
     def wait_notify(self, socket: str, since: int = 0) -> Event:
         """The first NotifyRegistrationStatus the watcher sent to ``socket`` (after ``since``)."""
         return self.wait_for("notify", since, socket=socket)
+
+
+class DraKubeletPeer(Peer):
+    """The peer acting as the kubelet's DRA side on the registry ``directory`` (docs/design.md, DRA).
+
+    Its plugin watcher registers ``DRAPlugin`` sockets found there (``register``
+    events with the chosen ``version`` and ``health`` service), holds the
+    health stream open (``health`` events; re-opened ``health_retry_ms`` after
+    an end) and calls NodePrepareResources / NodeUnprepareResources on command.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        directory: str,
+        health_retry_ms: int = 200,
+        known: str = "v1.DRAPlugin,v1beta1.DRAPlugin",
+        health: str = "v1,v1alpha1",
+    ) -> None:
+        """``known``: the DRAPlugin versions this kubelet knows (a 1.32/1.33 kubelet:
+        ``"v1beta1.DRAPlugin"``); ``health``: the health versions, preferred first."""
+        args = [
+            "--dir",
+            directory,
+            "--health-retry-ms",
+            str(health_retry_ms),
+            "--known",
+            known,
+            "--health",
+            health,
+        ]
+        super().__init__(kind, "dra", args)
+        self.directory = directory
+
+    def wait_registered(self, driver: str, number: int = 1, since: int = 0) -> Event:
+        """The ``number``-th registration of ``driver`` after ``since``."""
+
+        def nth(e: Event) -> bool:
+            return len(self.find("register", since, driver=driver)) >= number
+
+        self.wait_for("register", since, where=nth, driver=driver)
+        return self.find("register", since, driver=driver)[number - 1]
+
+    def prepare(self, driver: str, claims: Sequence[Sequence[str]], version: str = "") -> Event:
+        """NodePrepareResources with ``claims`` as (namespace, uid, name), on the registered version
+        or ``version``; the reply's ``claims`` maps UID -> {"error", "devices"}."""
+        return self.call("prepare", driver=driver, claims=[list(c) for c in claims], version=version)
+
+    def unprepare(self, driver: str, claims: Sequence[Sequence[str]], version: str = "") -> Event:
+        return self.call("unprepare", driver=driver, claims=[list(c) for c in claims], version=version)
+
+    def wait_health(self, driver: str, where: Callable[[Event], bool], since: int = 0) -> Event:
+        return self.wait_for("health", since, where=where, driver=driver)

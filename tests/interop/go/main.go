@@ -3,6 +3,7 @@
 //	kubelet-go kubelet --dir DIR [--authority localhost|path] [--cleanup]
 //	kubelet-go plugin --socket PATH
 //	kubelet-go watcher --dir DIR [--authority localhost|path]
+//	kubelet-go dra --dir DIR [--health-retry-ms N]
 //
 // "kubelet" acts like the kubelet's device manager (docs/design.md, "Kubelet facts the code relies on"):
 // it serves v1beta1.Registration on DIR/kubelet.sock, and each Register dials
@@ -11,6 +12,9 @@
 // against a grpc-go server. "watcher" is the kubelet's plugin watcher
 // (the plugin watcher in docs/design.md): it finds sockets in the plugins_registry DIR, and
 // the ones serving a device plugin join the kubelet role's resource table.
+// "dra" is the kubelet's DRA side (dra.go): the plugin watcher with the DRA
+// manager as handler, NodePrepareResources/NodeUnprepareResources and the
+// DRAResourceHealth stream.
 //
 // The protocol (the same for the grpc-js peer in ../js): commands arrive on
 // stdin as JSON lines {"id": N, "cmd": NAME, ...}; everything the peer has to
@@ -109,6 +113,10 @@ type command struct {
 	Generate    *generate       `json:"generate"`
 	Code        int             `json:"code"`
 	Message     string          `json:"message"`
+	// The DRA role's.
+	Driver  string     `json:"driver"`
+	Claims  [][]string `json:"claims"`
+	Version string     `json:"version"`
 }
 
 // generate describes a large device list: IDs prefix + zero-padded index.
@@ -159,6 +167,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: kubelet-go kubelet --dir DIR [--authority localhost|path] [--cleanup]")
 		fmt.Fprintln(os.Stderr, "       kubelet-go plugin --socket PATH")
 		fmt.Fprintln(os.Stderr, "       kubelet-go watcher --dir DIR [--authority localhost|path]")
+		fmt.Fprintln(os.Stderr, "       kubelet-go dra --dir DIR [--health-retry-ms N]")
 		os.Exit(2)
 	}
 	var p peer
@@ -170,6 +179,8 @@ func main() {
 		p, err = startPlugin(os.Args[2:])
 	case "watcher":
 		p, err = startWatcher(os.Args[2:])
+	case "dra":
+		p, err = startDRA(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}

@@ -61,10 +61,14 @@ type socketState struct {
 
 type watcher struct {
 	*kubelet
-	dir    string
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// What a found socket is registered and deregistered with: the device
+	// manager's handler here, the DRA manager's in dra.go.
+	registerFn   func(path string) (name string, added bool, err error)
+	deregisterFn func(path, name string)
+	dir          string
+	ctx          context.Context
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
 
 	smu     sync.Mutex
 	sockets map[string]*socketState
@@ -80,21 +84,35 @@ func startWatcher(args []string) (peer, error) {
 	if *dir == "" || (*authority != "localhost" && *authority != "path") {
 		return nil, errors.New("watcher mode needs --dir, and --authority localhost or path")
 	}
-	if err := os.MkdirAll(*dir, 0o750); err != nil {
+	w, err := newWatcher(*dir, *authority)
+	if err != nil {
+		return nil, err
+	}
+	w.registerFn, w.deregisterFn = w.registerPlugin, w.deregister
+	w.run()
+	return w, nil
+}
+
+// newWatcher makes a watcher of dir; set registerFn and deregisterFn, then run.
+func newWatcher(dir, authority string) (*watcher, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &watcher{
-		kubelet: &kubelet{authority: *authority, endpoints: map[string]*endpoint{}},
-		dir:     *dir,
+	return &watcher{
+		kubelet: &kubelet{authority: authority, endpoints: map[string]*endpoint{}},
+		dir:     dir,
 		ctx:     ctx,
 		cancel:  cancel,
 		sockets: map[string]*socketState{},
-	}
+	}, nil
+}
+
+// run starts the reconciler and says "ready".
+func (w *watcher) run() {
 	w.wg.Add(1)
 	go w.loop()
-	emit("ready", fields{"dir": *dir, "pid": os.Getpid()})
-	return w, nil
+	emit("ready", fields{"dir": w.dir, "pid": os.Getpid()})
 }
 
 // scan is the desired state: every socket under dir, subdirectories too;
@@ -140,7 +158,7 @@ func (w *watcher) loop() {
 			}
 			if s.registered && (!present || id != s.id) {
 				s.registered = false
-				w.deregister(path, s.name)
+				w.deregisterFn(path, s.name)
 			}
 			if !present {
 				delete(w.sockets, path)
@@ -174,7 +192,7 @@ func (w *watcher) loop() {
 // register runs one registration attempt and records its outcome.
 func (w *watcher) register(path string, id fileID) {
 	defer w.wg.Done()
-	name, added, err := w.registerPlugin(path)
+	name, added, err := w.registerFn(path)
 	w.smu.Lock()
 	defer w.smu.Unlock()
 	s := w.sockets[path]
