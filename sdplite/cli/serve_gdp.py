@@ -168,7 +168,7 @@ def _device(raw: Any, where: str, domain: str) -> GroupResource:
     name = f.get("name")
     if not isinstance(name, str) or not _DEVICE_NAME.match(name.strip()):
         raise ConfigError(
-            f"{where}.name must be lower-case letters, digits and '-' such as \"serial\" "
+            f"{where}.name must be 2 or more lower-case letters, digits and '-' such as \"serial\" "
             f"(the resource is DOMAIN/NAME); got {name!r}"
         )
     try:

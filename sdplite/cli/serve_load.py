@@ -40,6 +40,11 @@ def read_yaml(text: str, where: str) -> Any:
 def parse_any(raw: Any, domain: Optional[str] = None) -> ServeConfig:
     """Either format, told apart by its top-level fields."""
     keys = {str(k).lower() for k in raw} if isinstance(raw, Mapping) else set()
+    if "resources" in keys and keys & {"devices", "device"}:
+        raise ConfigError(
+            'give "resources" (sdplite\'s format) or "devices" (generic-device-plugin\'s), '
+            "not both in one file"
+        )
     if "resources" in keys:
         if domain is not None:
             raise ConfigError(
