@@ -26,6 +26,8 @@ from sdplite.cli.serve_load import load_config, parse_any
 from sdplite.discovery import Group, PathSpec, UsbSpec
 from sdplite.testing import KubeletEmulator
 
+from conftest import wait_until
+
 
 def gdp_id(share: int, *host_paths: str) -> str:
     return hashlib.sha1((str(share) + "".join(host_paths)).encode()).hexdigest()
@@ -300,6 +302,7 @@ def test_serve_reloads_a_configmap_keeping_unchanged_resources_and_refusing_bad_
         touch(root, f"/dev/{name}")
     mounted = os.path.join(root, "etc-sdplite")
     os.mkdir(mounted)
+    status = os.path.join(root, "status.json")
     configmap_write(
         mounted,
         1,
@@ -315,6 +318,7 @@ def test_serve_reloads_a_configmap_keeping_unchanged_resources_and_refusing_bad_
         "0.2",
         "--host-root",
         root,
+        env={"SDPLITE_STATUS_FILE": status},
     )
 
     def registrations(name: str) -> int:
@@ -347,6 +351,14 @@ def test_serve_reloads_a_configmap_keeping_unchanged_resources_and_refusing_bad_
             "a changed resource keeps its stream"
         )
         assert keep.connected and keep.stream is stream and registrations("squat.ai/keep") == 1
+        wait_until(  # one process, one status file with every resource of the new config
+            lambda: (
+                {p["resource"] for p in json.load(open(status))["plugins"]}
+                == {"squat.ai/keep", "squat.ai/change", "squat.ai/added"}
+            ),
+            20,
+            "the status file to list the new resources",
+        )
 
         configmap_write(mounted, 3, {"devices": [device("keep", "/dev/keep")], "colour": "red"})
         serve.wait_for(

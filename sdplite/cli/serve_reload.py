@@ -1,21 +1,22 @@
 """``sdplite serve`` at run time: one plugin per resource, moved to a new config on reload.
 
-Each resource is a :class:`~sdplite.plugin.DevicePlugin` started on its own
-(``start()``/``stop()``, the public way to run plugins in the background),
-so a reload touches only what changed:
+All the resources' plugins run in one :class:`~sdplite.supervisor.Supervisor`
+(so one status file and one loop), which takes plugins in and lets them go
+while it runs (``add``/``remove``). A reload touches only what changed:
 
-- a resource that is new is built and started; one that is gone is stopped
+- a resource that is new is built and added; one that is gone is removed
   (its stream ends and its socket goes, so the kubelet drops it);
 - a resource whose devices changed keeps its plugin, socket and stream: its
   ``get_devices`` is pointed at the new definition and rescanned, and the
   kubelet gets the new list on the open stream;
 - an unchanged resource is not touched at all;
-- a new ``plugin_dir`` or ``interval`` restarts every plugin.
+- a new ``plugin_dir`` or ``interval`` replaces every plugin.
 
-The file is watched through its directory (a ConfigMap update swaps a
-symlink there, which a watch on the file itself would miss), and looked at
-once a second besides; SIGHUP re-reads it at once. A file that does not
-parse or check is refused with one ERROR line and the running config stays.
+A thread watches the file through its directory (a ConfigMap update swaps a
+symlink there, which a watch on the file itself would miss) and looks at it
+once a second besides; SIGHUP makes it re-read the file at once. A file that
+does not parse or check is refused with one ERROR line and the running
+config stays.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from typing import Any, Callable, Optional, Union
 
 from ..dirwatch import DirWatch
 from ..discovery import GroupDevices
+from ..lifecycle import PluginError
 from ..logtext import cut
 from ..plugin import DevicePlugin, build
+from ..supervisor import Supervisor
 from .serve_config import ConfigError, GlobDevices, GroupResource, Resource, ResourceConfig, ServeConfig
 
 __all__ = ["Resources", "serve_forever"]
@@ -69,69 +72,81 @@ class _Running:
             plugin_dir=config.plugin_dir,
             interval=config.interval,
         )
-        self.plugin.start()
 
 
 class Resources:
     """The plugins of one ``serve`` process, one per resource of the current config."""
 
-    def __init__(self, root: str = "/") -> None:
+    def __init__(self, config: ServeConfig, root: str = "/") -> None:
         self.root = root
-        self.config: Optional[ServeConfig] = None
-        self.running: dict[str, _Running] = {}
+        self.config = config
+        self.running = {r.name: _Running(r, config, root) for r in config.resources}
+        self.supervisor = Supervisor([r.plugin for r in self.running.values()])
 
     def apply(self, config: ServeConfig) -> None:
+        """Move to ``config`` (from any thread but the supervisor's)."""
         old, self.config = self.config, config
-        if old is not None and (old.plugin_dir, old.interval) != (config.plugin_dir, config.interval):
-            log.info("serve: plugin directory or interval changed: restarting every resource")
-            self.stop()
+        if (old.plugin_dir, old.interval) != (config.plugin_dir, config.interval):
+            log.info("serve: plugin directory or interval changed: replacing every resource")
+            for name in list(self.running):
+                self._remove(name)
         wanted = {r.name: r for r in config.resources}
-        for name in [n for n in self.running if n not in wanted]:
+        removed = [n for n in self.running if n not in wanted]
+        for name in removed:
             log.info("serve: %s removed from the configuration: stopping it", name)
-            self.running.pop(name).plugin.stop()
+            self._remove(name)
+        added, changed = [], []
         for name, resource in wanted.items():
             running = self.running.get(name)
             if running is None:
                 log.info("serve: serving %s", name)
-                self.running[name] = _Running(resource, config, self.root)
+                self._add(resource)
+                added.append(name)
             elif running.resource != resource:
-                self._change(running, resource, config)
+                self._change(running, resource)
+                changed.append(name)
+        log.info(
+            "serve: configuration applied: %d added, %d removed, %d changed, %d unchanged",
+            len(added),
+            len(removed),
+            len(changed),
+            len(wanted) - len(added) - len(changed),
+        )
 
-    def _change(self, running: _Running, resource: Resource, config: ServeConfig) -> None:
+    def _add(self, resource: Resource) -> None:
+        running = _Running(resource, self.config, self.root)
+        self.supervisor.add(running.plugin)
+        self.running[resource.name] = running
+
+    def _remove(self, name: str) -> None:
+        self.supervisor.remove(self.running.pop(name).plugin)
+
+    def _change(self, running: _Running, resource: Resource) -> None:
         if _retarget(running.source, resource):
             log.info("serve: %s changed: rescanning its devices (stream kept)", resource.name)
             running.resource = resource
             running.plugin.rescan()
         else:
-            log.info("serve: %s changed its kind of definition: restarting it", resource.name)
-            running.plugin.stop()
-            self.running[resource.name] = _Running(resource, config, self.root)
-
-    def failure(self) -> Optional[str]:
-        """Why a plugin stopped on its own (the kubelet refused it), if one did."""
-        for name, running in self.running.items():
-            if running.plugin.error:
-                return f"{name}: {running.plugin.error}"
-        return None
-
-    def restart(self, reason: str) -> None:
-        for running in self.running.values():
-            running.plugin.restart(reason)
-
-    def stop(self) -> None:
-        while self.running:
-            _name, running = self.running.popitem()
-            running.plugin.stop()
+            log.info("serve: %s changed its kind of definition: replacing it", resource.name)
+            self._remove(resource.name)
+            self._add(resource)
 
 
-class _ConfigFile:
-    """Notices a new version of the file: inotify on its directory, a stat once a second."""
+class _ConfigWatch:
+    """A thread that notices a new version of the file: inotify on its directory, a look once a second."""
 
-    def __init__(self, path: str, load: Callable[[], ServeConfig]) -> None:
+    def __init__(self, path: str, load: Callable[[], ServeConfig], resources: Resources) -> None:
         self.path = path
         self.load = load
+        self.resources = resources
         self.watch = DirWatch(os.path.dirname(os.path.abspath(path)))
         self.seen = self._read()
+        self._forced = threading.Event()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._thread = threading.Thread(target=self._run, name="sdplite-serve-config", daemon=True)
+        self._thread.start()
 
     def _read(self) -> Optional[bytes]:
         try:
@@ -140,12 +155,39 @@ class _ConfigFile:
         except OSError:
             return None
 
-    def fds(self) -> list[int]:
-        return [self.watch.fileno()] if self.watch.active or self.watch.rewatch() else []
+    def reload(self) -> None:
+        """Re-read the file now, even if it looks unchanged (SIGHUP); safe in a signal handler."""
+        self._forced.set()
+        self._wake()
 
-    def changed(self, forced: bool) -> Optional[ServeConfig]:
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            fds = [self._wake_r] + (
+                [self.watch.fileno()] if self.watch.active or self.watch.rewatch() else []
+            )
+            ready = select.select(fds, [], [], 1.0)[0]
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+            if self._stop.is_set():
+                return
+            forced = self._forced.is_set()
+            self._forced.clear()
+            self.watch.drain()
+            config = self._changed(forced)
+            if config is not None:
+                try:
+                    self.resources.apply(config)
+                except Exception:
+                    log.exception("serve: %s: applying the new configuration failed", self.path)
+
+    def _changed(self, forced: bool) -> Optional[ServeConfig]:
         """The new config if the file changed (or ``forced``) and checks; None otherwise."""
-        self.watch.drain()
         content = self._read()
         if content == self.seen and not forced:
             return None
@@ -162,64 +204,43 @@ class _ConfigFile:
         log.info("serve: %s: applying the new configuration", self.path)
         return config
 
+    def close(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._thread.join(30.0)
+        self.watch.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
 
 def serve_forever(args: argparse.Namespace, config: ServeConfig, load: Callable[[], ServeConfig]) -> int:
-    """Run until SIGTERM/SIGINT (0) or until a plugin cannot run (1)."""
-    resources = Resources(args.host_root)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    events = {"stop": threading.Event(), "hup": threading.Event()}
+    """Run until SIGTERM/SIGINT (0) or until a plugin cannot run (1); from the main thread."""
+    resources = Resources(config, args.host_root)
+    watch = _ConfigWatch(args.config, load, resources) if args.config else None
 
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info(
-            "received %s: %s",
-            signal.Signals(signum).name,
-            "reloading" if signum == signal.SIGHUP else "stopping",
-        )
-        events["hup" if signum == signal.SIGHUP else "stop"].set()
-        try:
-            os.write(wake_w, b"\0")
-        except OSError:
-            pass
+    def on_stop(signum: int, frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        resources.supervisor.stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    watched = _ConfigFile(args.config, load) if args.config else None
+    def on_hup(signum: int, frame: Any) -> None:
+        if watch is not None:
+            log.info("received SIGHUP: reloading %s", args.config)
+            watch.reload()
+        else:
+            log.info("received SIGHUP: restarting")
+            resources.supervisor.restart_all("SIGHUP")
+
+    handlers: dict[int, Any] = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_hup}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
-        resources.apply(config)
-        return _loop(resources, watched, events, wake_r)
+        resources.supervisor.run()
+        return 0
+    except PluginError as exc:
+        log.error("serve: stopping: %s", exc)
+        return 1
     finally:
-        resources.stop()
+        if watch is not None:
+            watch.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if watched is not None:
-            watched.watch.close()
-        os.close(wake_r)
-        os.close(wake_w)
         log.info("serve: stopped")
-
-
-def _loop(
-    resources: Resources, watched: Optional[_ConfigFile], events: dict[str, threading.Event], wake_r: int
-) -> int:
-    while not events["stop"].is_set():
-        fds = [wake_r] + (watched.fds() if watched is not None else [])
-        select.select(fds, [], [], 1.0)
-        try:
-            while os.read(wake_r, 64):
-                pass
-        except BlockingIOError:
-            pass
-        hup = events["hup"].is_set()
-        events["hup"].clear()
-        if watched is not None:
-            config = watched.changed(forced=hup)
-            if config is not None:
-                resources.apply(config)
-        elif hup:
-            resources.restart("SIGHUP")
-        failure = resources.failure()
-        if failure:
-            log.error("serve: stopping: %s", failure)
-            return 1
-    return 0
