@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 from .serve_config import ConfigError
+from .serve_gdp import LOG_LEVELS
 from .serve_load import config_from_args
 from .serve_reload import serve_forever
 
@@ -37,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"sdplite serve: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if config.log_level is not None:
-        logging.getLogger("sdplite").setLevel(config.log_level)
+    level = LOG_LEVELS[args.log_level] if args.log_level else config.log_level
+    if level is not None:
+        logging.getLogger("sdplite").setLevel(level)
     return serve_forever(args, config, lambda: config_from_args(args))
 
 
@@ -94,6 +96,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--plugin-dir",
         help="device-plugins directory (default: $SDPLITE_PLUGIN_DIR or /var/lib/kubelet/device-plugins)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=list(LOG_LEVELS),
+        help="as generic-device-plugin's: all, debug, info, warn, error, none (default info)",
     )
     parser.add_argument(
         "--host-root",
