@@ -201,3 +201,24 @@ def test_group_devices_serve_through_build(usb_root: str, sock_dir: str) -> None
             assert [d.host_path for d in response.devices] == ["/dev/snd/pcmC0D0c", "/dev/snd/controlC0"]
             source.groups = source.groups[1:]
             kubelet.wait_for_devices("example.com/av", count=2, timeout=20)
+
+
+def test_edge_cases_as_generic_device_plugin_has_them(tmp_path: object) -> None:
+    root = str(tmp_path)
+    for name in ("ttyUSB0", "ttyUSB1", "input/event0", "input/event1", "does/exist"):
+        touch(root, f"/dev/{name}")
+    # A fixed mountPath for a glob: every device is seen at that one path.
+    fixed = discover([Group(paths=[PathSpec("/dev/ttyUSB*", mount_path="/dev/ttyUSB0")])], root)
+    assert [(d.nodes[0].host_path, d.nodes[0].container_path) for d in fixed] == [
+        ("/dev/ttyUSB0", "/dev/ttyUSB0"),
+        ("/dev/ttyUSB1", "/dev/ttyUSB0"),
+    ]
+    # One required path of a group is missing: the group has no device.
+    assert discover([Group(paths=[PathSpec("/dev/does/not/exist"), PathSpec("/dev/does/exist")])], root) == []
+    # Every path optional and missing: no device either.
+    assert discover([Group(paths=[PathSpec("/dev/ttyS0", optional=True)])], root) == []
+    # A directory as a Mount is one device, the directory itself.
+    (inputs,) = discover([Group(paths=[PathSpec("/dev/input", type="Mount")])], root)
+    assert [(m.host_path, m.container_path, m.read_only) for m in inputs.mounts] == [
+        ("/dev/input", "/dev/input", False)
+    ]
