@@ -253,9 +253,12 @@ def test_serve_takes_device_flags_like_generic_device_plugin(
     flag = (
         "name: fuse\ngroups:\n  - count: 3\n    paths:\n      - path: /dev/fuse\n"  # YAML, as in its manifest
     )
-    serve = start("serve", "--device", flag, "--plugin-dir", emulator.directory, "--host-root", root)
+    serve = start(
+        "serve", "--device", flag, "--domain", "example.org", "--plugin-dir", emulator.directory,
+        "--host-root", root,
+    )  # fmt: skip
     try:
-        found = emulator.wait_for_devices("squat.ai/fuse", count=3, healthy=3, timeout=20)
+        found = emulator.wait_for_devices("example.org/fuse", count=3, healthy=3, timeout=20)
         assert sorted(found.healthy) == sorted(gdp_id(s, "/dev/fuse") for s in range(3))
     finally:
         assert serve.stop() == 0
