@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +22,9 @@ from hypothesis import strategies as st
 from test_cli import SDPLITE, start
 from test_discovery import add_usb, touch
 
-from sdplite.cli.serve_config import ConfigError, GroupResource, device_id
+from sdplite.cli.serve_config import ConfigError, GroupResource, ResourceConfig, ServeConfig, device_id
 from sdplite.cli.serve_load import load_config, parse_any
+from sdplite.cli.serve_reload import Resources
 from sdplite.discovery import Group, PathSpec, UsbSpec
 from sdplite.testing import KubeletEmulator
 
@@ -411,3 +413,35 @@ def test_sighup_reloads_sdplite_format_without_restarting_unchanged(
         assert sum(r.resource_name == "example.com/a" for r in emulator.registrations) == 1
     finally:
         assert serve.stop() == 0
+
+
+def test_a_new_interval_or_a_new_kind_of_definition_replaces_the_plugin(
+    tmp_path: Any, emulator: KubeletEmulator
+) -> None:
+    """In-process: what apply() does when a resource cannot simply be rescanned."""
+    root = str(tmp_path)
+    touch(root, "/dev/a")
+    native = ResourceConfig("example.com/a", ("/dev/a",))
+    grouped = GroupResource("example.com/a", (Group(paths=[PathSpec("/dev/a")], count=2),))
+    resources = Resources(ServeConfig((native,), emulator.directory, 5.0), root)
+    loop = threading.Thread(target=resources.supervisor.run)
+    loop.start()
+
+    def registrations() -> int:
+        return sum(r.resource_name == "example.com/a" for r in emulator.registrations)
+
+    try:
+        emulator.wait_for_devices("example.com/a", predicate=lambda r: r.healthy == ["dev_a"], timeout=20)
+        resources.apply(ServeConfig((native,), emulator.directory, 2.0))
+        emulator.wait_for_registration("example.com/a", count=2, timeout=20)
+        resources.apply(ServeConfig((grouped,), emulator.directory, 2.0))
+        emulator.wait_for_devices(
+            "example.com/a",
+            predicate=lambda r: sorted(r.healthy) == sorted(gdp_id(s, "/dev/a") for s in (0, 1)),
+            timeout=20,
+        )
+        assert registrations() == 3
+    finally:
+        resources.supervisor.stop()
+        loop.join(30)
+    assert not loop.is_alive()
