@@ -14,7 +14,8 @@ while it runs (``add``/``remove``). A reload touches only what changed:
 
 A thread watches the file through its directory (a ConfigMap update swaps a
 symlink there, which a watch on the file itself would miss) and looks at it
-once a second besides; SIGHUP makes it re-read the file at once. A file that
+every 10 s besides (every second where inotify is missing); SIGHUP makes it
+re-read the file at once. A file that
 does not parse or check is refused with one ERROR line and the running
 config stays.
 """
@@ -42,6 +43,10 @@ __all__ = ["Resources", "serve_forever"]
 log = logging.getLogger("sdplite.serve")
 
 Source = Union[GlobDevices, GroupDevices]
+
+#: Seconds between looks at the file when no event came (events make it look at once).
+LOOK_WITH_INOTIFY = 10.0
+LOOK_WITHOUT_INOTIFY = 1.0
 
 
 def _source(resource: Resource, root: str) -> Source:
@@ -133,7 +138,7 @@ class Resources:
 
 
 class _ConfigWatch:
-    """A thread that notices a new version of the file: inotify on its directory, a look once a second."""
+    """A thread that notices a new version of the file: inotify on its directory, and a look now and then."""
 
     def __init__(self, path: str, load: Callable[[], ServeConfig], resources: Resources) -> None:
         self.path = path
