@@ -248,4 +248,3 @@ def serve_forever(args: argparse.Namespace, config: ServeConfig, load: Callable[
             watch.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        log.info("serve: stopped")
