@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
 from .devices import Device, DeviceNode, Mount
+from .logtext import cut_list
 
 __all__ = [
     "PathSpec",
@@ -45,6 +47,8 @@ __all__ = [
     "discover",
     "check_pattern",
 ]
+
+log = logging.getLogger("sdplite")
 
 DEVICE = "Device"
 MOUNT = "Mount"
@@ -292,15 +296,32 @@ class GroupDevices:
     """``get_devices`` for :func:`sdplite.build`: :func:`discover` on every scan.
 
     Assign :attr:`groups` to change what it looks for (``sdplite serve`` does
-    on a config reload); the next scan uses the new groups.
+    on a config reload); the next scan uses the new groups. With ``name`` (the
+    resource's), a scan that finds nothing logs one WARNING, until one finds
+    something again.
     """
 
-    def __init__(self, groups: Sequence[Group], root: str = "/") -> None:
+    def __init__(self, groups: Sequence[Group], root: str = "/", name: str = "") -> None:
         self.groups = tuple(groups)
         self.root = root
+        self.name = name
+        self._empty_warned = False
 
     def __repr__(self) -> str:
         return f"GroupDevices({list(self.groups)!r}, root={self.root!r})"
 
     def __call__(self) -> list[Device]:
-        return discover(self.groups, self.root)
+        devices = discover(self.groups, self.root)
+        if devices or not self.name:
+            self._empty_warned = False
+        elif not self._empty_warned:
+            self._empty_warned = True
+            wanted = [p.path for g in self.groups for p in g.paths]
+            wanted += [f"USB {u.vendor:04x}:{u.product:04x}" for g in self.groups for u in g.usb]
+            log.warning(
+                "%s: nothing matches %s, so the resource has 0 devices: check the paths "
+                "(and that the host's /dev is mounted into the container)",
+                self.name,
+                cut_list(wanted),
+            )
+        return devices

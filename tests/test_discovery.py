@@ -222,3 +222,23 @@ def test_edge_cases_as_generic_device_plugin_has_them(tmp_path: object) -> None:
     assert [(m.host_path, m.container_path, m.read_only) for m in inputs.mounts] == [
         ("/dev/input", "/dev/input", False)
     ]
+
+
+def test_a_named_source_that_finds_nothing_warns_once(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = str(tmp_path)
+    source = GroupDevices(
+        [Group(paths=[PathSpec("/dev/ttyUSB*")]), Group(usb=[UsbSpec(0x1A86, 0x7523)])], root, "x/y"
+    )
+    with caplog.at_level("WARNING", logger="sdplite"):
+        assert source() == [] and source() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "x/y: nothing matches" in warnings[0]
+    assert "/dev/ttyUSB*" in warnings[0] and "USB 1a86:7523" in warnings[0]
+    touch(root, "/dev/ttyUSB0")
+    assert len(source()) == 1
+    os.unlink(os.path.join(root, "dev/ttyUSB0"))
+    with caplog.at_level("WARNING", logger="sdplite"):
+        source()
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 2  # again, after a good scan

@@ -51,7 +51,7 @@ LOOK_WITHOUT_INOTIFY = 1.0
 
 def _source(resource: Resource, root: str) -> Source:
     if isinstance(resource, GroupResource):
-        return GroupDevices(resource.groups, root)
+        return GroupDevices(resource.groups, root, name=resource.name)
     return GlobDevices(resource, root)
 
 
