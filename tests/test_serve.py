@@ -10,15 +10,19 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from test_cli import SDPLITE, start
 from test_discovery import add_usb, touch
 
@@ -140,7 +144,7 @@ DEV = {"name": "xx", "groups": [{"paths": [{"path": "/dev/x"}]}]}
             {"devices": [{"name": "xx", "groups": [{"paths": [{"path": "/x", "type": "Socket"}]}]}]},
             '"Device" (a device node) or "Mount"',
         ),
-        ({"devices": [DEV], "listen": ":8080"}, "no HTTP listener"),
+        ({"devices": [DEV], "listen": "8080"}, 'listen must be an address such as ":8080"'),
         ({"devices": [DEV], "resources": []}, "not both in one file"),
         ({"devicez": [DEV]}, 'needs "resources" (sdplite\'s format'),
     ],
@@ -445,3 +449,61 @@ def test_a_new_interval_or_a_new_kind_of_definition_replaces_the_plugin(
         resources.supervisor.stop()
         loop.join(30)
     assert not loop.is_alive()
+
+
+def test_listen_is_the_metrics_address() -> None:
+    config = parse_any({"devices": [DEV], "listen": ":9400"})
+    assert (config.metrics_host, config.metrics_port) == ("", 9400)
+    config = parse_any({"devices": [DEV], "listen": "127.0.0.1:8080"})
+    assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 8080)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_metrics_and_health_follow_a_reload(tmp_path: Any, emulator: KubeletEmulator) -> None:
+    """generic-device-plugin's listen, /health, /metrics: one endpoint for every resource, across reloads."""
+    root = str(tmp_path)
+    touch(root, "/dev/a")
+    touch(root, "/dev/b")
+    port = free_port()
+    config = os.path.join(root, "config.json")
+
+    def write(*devices: dict[str, Any]) -> None:
+        with open(config + ".tmp", "w") as handle:
+            json.dump({"devices": list(devices), "listen": f"127.0.0.1:{port}"}, handle)
+        os.replace(config + ".tmp", config)
+
+    def resources_in_metrics() -> set[str]:
+        status, text = fetch(f"http://127.0.0.1:{port}/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(text)} if status == 200 else {}
+        family = families.get("sdplite_registered")
+        return {s.labels["resource"] for s in family.samples if s.value == 1} if family else set()
+
+    write(device("aa", "/dev/a"))
+    serve = start("serve", "--config", config, "--plugin-dir", emulator.directory, "--host-root", root)
+    try:
+        emulator.wait_for_devices("squat.ai/aa", count=1, timeout=20)
+        wait_until(lambda: resources_in_metrics() == {"squat.ai/aa"}, 20, "aa registered in /metrics")
+        assert fetch(f"http://127.0.0.1:{port}/health")[0] == 200
+        write(device("aa", "/dev/a"), device("bb", "/dev/b"))
+        emulator.wait_for_devices("squat.ai/bb", count=1, timeout=20)
+        wait_until(lambda: resources_in_metrics() == {"squat.ai/aa", "squat.ai/bb"}, 20, "bb in /metrics too")
+        write(device("bb", "/dev/b"))
+        wait_until(lambda: resources_in_metrics() == {"squat.ai/bb"}, 20, "aa gone from /metrics")
+        status, body = fetch(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200, body
+    finally:
+        assert serve.stop() == 0

@@ -101,6 +101,7 @@ class ServeConfig:
     interval: float = 5.0
     metrics_port: Optional[int] = None
     cdi: bool = False
+    metrics_host: str = ""
     log_level: Optional[int] = None
 
 

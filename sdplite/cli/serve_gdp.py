@@ -179,6 +179,14 @@ def _device(raw: Any, where: str, domain: str) -> GroupResource:
     return GroupResource(full, tuple(_group(g, f"{where}.groups[{i}]") for i, g in enumerate(groups)))
 
 
+def _listen(value: Any) -> tuple[str, int]:
+    """generic-device-plugin's ``listen`` address, ``[HOST]:PORT``, as sdplite's metrics host and port."""
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'listen must be an address such as ":8080" or "127.0.0.1:8080" (got {value!r})')
+    return host.strip("[]"), int(port)
+
+
 def parse_devices(raw: Any, domain: Optional[str], where: str = "devices") -> tuple[GroupResource, ...]:
     """The ``devices`` list (or the ``--device`` values) as resources named ``DOMAIN/NAME``."""
     domain = DEFAULT_DOMAIN if domain is None else domain
@@ -197,11 +205,6 @@ def parse_file_fields(raw: Any, domain: Optional[str]) -> dict[str, Any]:
     f = fields(raw, FILE_FIELDS, "the configuration", '{"devices": [...]}')
     if "devices" in f and "device" in f:
         raise ConfigError('give "devices" or its alias "device", not both')
-    if "listen" in f:
-        raise ConfigError(
-            '"listen": sdplite serve has no HTTP listener for /metrics and /health; '
-            "remove it (the liveness probe is `sdplite health`)"
-        )
     file_domain = f.get("domain")
     if file_domain is not None and not isinstance(file_domain, str):
         raise ConfigError(f"domain must be a DNS name such as squat.ai (got {file_domain!r})")
@@ -213,6 +216,8 @@ def parse_file_fields(raw: Any, domain: Optional[str]) -> dict[str, Any]:
         if level not in LOG_LEVELS:
             raise ConfigError(f"log-level must be one of {', '.join(LOG_LEVELS)} (got {level!r})")
         out["log_level"] = LOG_LEVELS[level]
+    if "listen" in f:
+        out["metrics_host"], out["metrics_port"] = _listen(f["listen"])
     plugin_dir = f.get("plugin-directory")
     if plugin_dir is not None:
         if not isinstance(plugin_dir, str):

@@ -130,4 +130,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         overrides["plugin_dir"] = os.path.abspath(args.plugin_dir)
     if args.interval:
         overrides["interval"] = args.interval
+    if args.metrics_port:
+        overrides["metrics_port"] = args.metrics_port
+    if args.cdi:
+        overrides["cdi"] = True
     return dataclasses.replace(config, **overrides)

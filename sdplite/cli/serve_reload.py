@@ -66,6 +66,11 @@ def _retarget(source: Source, resource: Resource) -> bool:
     return False
 
 
+def _shared(config: ServeConfig) -> tuple[Any, ...]:
+    """The settings every resource's plugin is built with."""
+    return (config.plugin_dir, config.interval, config.metrics_port, config.metrics_host, config.cdi)
+
+
 class _Running:
     def __init__(self, resource: Resource, config: ServeConfig, root: str) -> None:
         self.resource = resource
@@ -76,6 +81,9 @@ class _Running:
             self.source,
             plugin_dir=config.plugin_dir,
             interval=config.interval,
+            metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
+            cdi=config.cdi,
         )
 
 
@@ -91,8 +99,8 @@ class Resources:
     def apply(self, config: ServeConfig) -> None:
         """Move to ``config`` (from any thread but the supervisor's)."""
         old, self.config = self.config, config
-        if (old.plugin_dir, old.interval) != (config.plugin_dir, config.interval):
-            log.info("serve: plugin directory or interval changed: replacing every resource")
+        if _shared(old) != _shared(config):
+            log.info("serve: plugin directory, interval, metrics or CDI changed: replacing every resource")
             for name in list(self.running):
                 self._remove(name)
         wanted = {r.name: r for r in config.resources}
