@@ -99,6 +99,26 @@ def test_paths_differing_by_slash_or_underscore_are_two_devices(
     try:
         found = emulator.wait_for_devices("example.com/c", count=2, healthy=2, timeout=20)
         assert len(set(found.healthy)) == 2
-        assert [i.endswith(("c_a_b", "c_a%5Fb")) for i in found.healthy] == [True, True]
+        assert [i.endswith(("c_a_b", "c_a:_b")) for i in found.healthy] == [True, True]
+    finally:
+        assert serve.stop() == 0
+
+
+def test_ids_of_paths_with_underscores_are_cdi_names(
+    tmp_path: Any, emulator: KubeletEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The escape that keeps IDs apart uses only characters a CDI device name may hold."""
+    tty = os.path.join(str(tmp_path), "by_id", "usb-FTDI_FT232R_A50285BI-if00")
+    make(tty)
+    monkeypatch.setenv("SDPLITE_CDI_DIR", os.path.join(str(tmp_path), "cdi"))
+    serve = start(
+        "serve", "--resource", f"example.com/tty={tty}", "--plugin-dir", emulator.directory, "--cdi"
+    )
+    try:
+        found = emulator.wait_for_devices("example.com/tty", count=1, healthy=1, timeout=20)
+        (device_id,) = found.healthy
+        assert device_id.endswith("by:_id_usb-FTDI:_FT232R:_A50285BI-if00")
+        answer = emulator.allocate("example.com/tty", [device_id]).container_responses[0]
+        assert [c.name for c in answer.cdi_devices] == [f"example.com/tty={device_id}"]
     finally:
         assert serve.stop() == 0

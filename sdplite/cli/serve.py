@@ -28,12 +28,12 @@ from typing import Any
 from .serve_config import ConfigError
 from .serve_gdp import LOG_LEVELS
 from .serve_load import config_from_args
-from .serve_reload import serve_forever
+from .serve_reload import checked, serve_forever
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = config_from_args(args)
+        config = checked(config_from_args(args), args.host_root)
     except ConfigError as exc:
         print(f"sdplite serve: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     level = LOG_LEVELS[args.log_level] if args.log_level else config.log_level
     if level is not None:
         logging.getLogger("sdplite").setLevel(level)
-    return serve_forever(args, config, lambda: config_from_args(args))
+    return serve_forever(args, config, lambda: checked(config_from_args(args), args.host_root))
 
 
 def add_parser(commands: Any) -> None:

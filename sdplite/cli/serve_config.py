@@ -251,8 +251,10 @@ class GlobDevices:
 def device_id(path: str) -> str:
     """A device ID for a path: readable, and two paths never share one.
 
-    ``/`` becomes ``_``; a ``_`` or ``%`` already in the path is written
-    ``%5F`` / ``%25``, so ``/c/a_b`` and ``/c/a/b`` stay apart.
+    ``/`` becomes ``_``; a ``_`` or ``:`` already in the path is written
+    ``:_`` / ``::``, so ``/c/a_b`` (``c_a:_b``) and ``/c/a/b`` (``c_a_b``) stay
+    apart. Only characters a CDI device name may hold are added, so
+    ``--cdi`` can name every device of an ordinary path.
     """
-    escaped = path.strip("/").replace("%", "%25").replace("_", "%5F")
+    escaped = path.strip("/").replace(":", "::").replace("_", ":_")
     return escaped.replace("/", "_")

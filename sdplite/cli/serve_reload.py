@@ -38,7 +38,7 @@ from ..plugin import DevicePlugin, build
 from ..supervisor import Supervisor
 from .serve_config import ConfigError, GlobDevices, GroupResource, Resource, ResourceConfig, ServeConfig
 
-__all__ = ["Resources", "serve_forever"]
+__all__ = ["Resources", "checked", "serve_forever"]
 
 log = logging.getLogger("sdplite.serve")
 
@@ -85,6 +85,17 @@ class _Running:
             metrics_host=config.metrics_host,
             cdi=config.cdi,
         )
+
+
+def checked(config: ServeConfig, root: str) -> ServeConfig:
+    """``config`` once every resource's plugin could be built from it (build() refuses, e.g.,
+    a resource name CDI cannot take as a kind); :class:`ConfigError` otherwise."""
+    for resource in config.resources:
+        try:
+            _Running(resource, config, root)
+        except ValueError as exc:
+            raise ConfigError(f"{resource.name}: {exc}") from None
+    return config
 
 
 class Resources:
