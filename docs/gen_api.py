@@ -4,8 +4,8 @@
     python docs/gen_api.py --check    # exit 1 if docs/api.md is not what this would write
 
 The public API is everything in ``sdplite.__all__``, ``sdplite.wire.__all__``,
-``sdplite.testing.__all__`` and ``sdplite.dra.__all__``, plus
-``sdplite.podresources.PodResourcesClient``.
+``sdplite.testing.__all__``, ``sdplite.dra.__all__`` and ``sdplite.discovery.__all__``,
+plus ``sdplite.podresources.PodResourcesClient`` and ``sdplite.supervisor.Supervisor``.
 For each object: its signature and docstring; for a class also its public
 methods, properties and instance attributes (those set in ``__init__``; a
 ``#:`` comment above the assignment is its documentation). The output is
@@ -44,6 +44,8 @@ SECTIONS: list[tuple[str, Optional[list[str]]]] = [
         ["SpecFile", "CdiError", "build_spec", "write_spec", "remove_spec", "qualified_name", "kind_for"],
     ),
     ("sdplite.dra", None),
+    ("sdplite.discovery", None),
+    ("sdplite.supervisor", ["Supervisor"]),
 ]
 
 WIDTH = 100  # longer signatures get one parameter per line

@@ -9,7 +9,8 @@
   name prefixed ``sdplite_`` and labelled with the resource.
 - ``GET /healthz``: 200 and ``ok: ...`` when every plugin on the port is
   registered and watched by the kubelet, else 503 and ``unhealthy: ...`` —
-  the judgement ``sdplite health`` makes from the status file.
+  the judgement ``sdplite health`` makes from the status file. ``/health``
+  answers the same, for probes written for squat/generic-device-plugin.
 
 Several plugins of one process that give the same port share one server. It
 is off by default: without ``metrics_port`` this module is never imported,
@@ -155,7 +156,7 @@ class MetricsServer:
                 plugins = server.snapshot()
                 if path == "/metrics":
                     self._answer(200, render(plugins), CONTENT_TYPE)
-                elif path == "/healthz":
+                elif path in ("/healthz", "/health"):  # /health: generic-device-plugin's probe path
                     ok, why = healthz(plugins)
                     self._answer(200 if ok else 503, ("ok: " if ok else "unhealthy: ") + why + "\n")
                 else:

@@ -7,6 +7,11 @@ and on waking lets each plugin's :class:`~.lifecycle.Controller` do what is
 due. It only schedules: what a plugin does, and when, is its controller's
 (docs/design.md, "Threads"). Without inotify it polls every 0.1 s; with it, it
 still looks once a second in case an event was missed.
+
+Plugins may join and leave a running supervisor (:meth:`Supervisor.add`,
+:meth:`Supervisor.remove`, from any thread): the loop takes them in or shuts
+them down between two steps, and the other plugins never notice. ``sdplite
+serve`` reloads its configuration this way.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ class Runnable(Protocol):
 
 
 class Supervisor:
-    """Schedules the controllers of some plugins in one ``select`` loop (see the module docstring)."""
+    """Schedules the controllers of some plugins in one ``select`` loop (see the module docstring);
+    :meth:`add` and :meth:`remove` change the set while it runs."""
 
     def __init__(self, plugins: Sequence[Runnable], status_file: Optional[str] = None) -> None:
         if not plugins:
@@ -69,6 +75,9 @@ class Supervisor:
         dirs = sorted({d for c in controllers for d in c.directories()})
         self._watches = {d: DirWatch(d) for d in dirs}
         self._closed = False
+        self._changes: list[tuple[Runnable, Optional[threading.Event]]] = []
+        self._changes_lock = threading.Lock()
+        self._finished = False
         path = status_file or os.environ.get("SDPLITE_STATUS_FILE")
         self._status = StatusFile(path) if path else None
 
@@ -81,9 +90,65 @@ class Supervisor:
     def stop(self) -> None:
         """Stop (any thread, or a signal handler): :meth:`run` returns within ``STOP_GRACE``."""
         self._stop.set()
-        for controller in self.controllers:
+        for controller in list(self.controllers):
             controller.interrupt()
         self.wake()
+
+    def add(self, plugin: Runnable) -> None:
+        """Serve one more plugin, from any thread; returns at once (see ``plugin.wait_registered``).
+
+        Raises ValueError if a plugin of this supervisor (or one being added)
+        has the same socket path, RuntimeError once :meth:`run` has returned.
+        """
+        paths = set(plugin.controller.socket_paths())
+        with self._changes_lock:
+            if self._finished:
+                raise RuntimeError("this supervisor has stopped: start a new one")
+            removing = {id(p.controller) for p, done in self._changes if done is not None}
+            taken = {path for c in self.controllers if id(c) not in removing for path in c.socket_paths()}
+            taken.update(
+                path for p, done in self._changes if done is None for path in p.controller.socket_paths()
+            )
+            if paths & taken:
+                raise ValueError(f"a plugin of this process already serves {sorted(paths & taken)}")
+            self._changes.append((plugin, None))
+        self.wake()
+
+    def remove(self, plugin: Runnable, timeout: float = 30.0) -> bool:
+        """Stop one plugin (its streams end, its socket goes), from any thread but the loop's.
+
+        Returns True once it has shut down, False if ``timeout`` passed first.
+        """
+        done = threading.Event()
+        with self._changes_lock:
+            if self._finished:
+                return True  # every plugin was shut down when the loop ended
+            self._changes.append((plugin, done))
+        self.wake()
+        return done.wait(timeout)
+
+    def _apply_changes(self) -> None:
+        if not self._changes:  # the usual case: no lock taken
+            return
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        for plugin, done in changes:
+            controller = plugin.controller
+            if done is None:
+                controller.attach(self.wake)
+                self.controllers.append(controller)
+                controller.start_features()
+                for directory in controller.directories():
+                    if directory not in self._watches:
+                        self._watches[directory] = DirWatch(directory)
+                continue
+            if controller in self.controllers:
+                self.controllers.remove(controller)
+                shutdown = Shutdown(STOP_GRACE)
+                controller.shutdown(shutdown)
+                controller.stop_features(shutdown)
+                shutdown.report(log, f"{controller.name}: remove")
+            done.set()
 
     def restart_all(self, reason: str) -> None:
         for controller in self.controllers:
@@ -95,8 +160,9 @@ class Supervisor:
             for controller in self.controllers:
                 controller.start_features()
             while not self._stop.is_set():
+                self._apply_changes()
                 now = time.monotonic()
-                wake_at = min(c.step(now) for c in self.controllers)
+                wake_at = min((c.step(now) for c in self.controllers), default=now + POLL_WITH_INOTIFY)
                 if self._status is not None:
                     self._status.update([c.status() for c in self.controllers])
                 failed = [c for c in self.controllers if c.fatal]
@@ -104,6 +170,9 @@ class Supervisor:
                     raise PluginError("; ".join(c.fatal or "" for c in failed))
                 self._sleep(max(0.0, wake_at - time.monotonic()))
         finally:
+            with self._changes_lock:
+                self._finished = True
+                pending, self._changes = self._changes, []  # adds never started; removes stop below
             shutdown = Shutdown(STOP_GRACE)  # one deadline for every plugin
             for controller in self.controllers:
                 controller.shutdown(shutdown)
@@ -113,6 +182,9 @@ class Supervisor:
             if self._status is not None:
                 self._status.remove()
             self._close()
+            for _plugin, done in pending:
+                if done is not None:
+                    done.set()
             log.info("stopped: %s", ", ".join(cut(c.name) for c in self.controllers))
 
     def _sleep(self, timeout: float) -> None:

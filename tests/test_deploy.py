@@ -16,7 +16,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from sdplite.cli.serve_config import parse_config
+from sdplite.cli.serve_config import GroupResource, parse_config
+from sdplite.cli.serve_load import parse_any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -81,6 +82,15 @@ def test_the_configmap_is_a_valid_serve_config() -> None:
     configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
     config = parse_config(json.loads(configmap["data"]["serve.json"]))
     assert config.resources[0].name == "example.com/serial"
+
+
+def test_the_configmap_has_a_generic_device_plugin_example_with_group_usb_and_optional() -> None:
+    configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
+    resources = parse_any(json.loads(configmap["data"]["devices.json"])).resources
+    groups = [g for r in resources if isinstance(r, GroupResource) for g in r.groups]
+    assert any(len(g.paths) >= 2 for g in groups), "a group of several paths"
+    assert any(g.usb for g in groups), "a USB device"
+    assert any(p.optional for g in groups for p in g.paths), "an optional path"
 
 
 def dockerfile_stages() -> list[tuple[str, list[str], list[str]]]:

@@ -1,6 +1,7 @@
 """The configuration of ``sdplite serve``, checked field by field before anything starts.
 
-JSON, for example::
+sdplite's own format (generic-device-plugin's is read by ``serve_gdp``), JSON,
+for example::
 
     {
       "plugin_dir": "/var/lib/kubelet/device-plugins",
@@ -9,67 +10,109 @@ JSON, for example::
       "cdi": true,
       "resources": [
         {"name": "example.com/serial", "paths": ["/dev/ttyUSB*"], "count": 1,
-         "mount": false, "permissions": "rw"}
+         "mount": false, "permissions": "rw", "container_path": "/dev/serial/"}
       ]
     }
 
 ``metrics_port`` serves every resource's metrics and ``/healthz`` on that
 port; ``cdi`` writes a CDI spec per resource into ``$SDPLITE_CDI_DIR`` or
 ``/var/run/cdi`` and names the devices in Allocate. Both are off when absent.
+
+``container_path`` is where the container sees each file (default: the same
+path); ending in ``/`` it is a directory and the file keeps its name. With
+``mount``, ``permissions`` without ``w`` makes the bind mount read-only.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..devices import Device, DeviceNode, Mount
+from ..discovery import Group, glob_paths
 from ..logtext import cut_list
 from ..naming import InvalidNameError, validate_resource_name
 
 log = logging.getLogger("sdplite")
 
-__all__ = ["ConfigError", "ResourceConfig", "ServeConfig", "load_config", "GlobDevices"]
+__all__ = [
+    "ConfigError",
+    "ResourceConfig",
+    "GroupResource",
+    "ServeConfig",
+    "parse_config",
+    "GlobDevices",
+    "device_id",
+    "socket_name",
+]
 
 
 class ConfigError(ValueError):
     """A configuration mistake; the message names the field and the fix."""
 
 
+def socket_name(resource: str) -> str:
+    return "sdplite-" + resource.replace("/", "_") + ".sock"
+
+
+def check_absolute(path: str, where: str) -> str:
+    if not os.path.isabs(path):
+        raise ConfigError(f"{where} must be an absolute path (got {path!r})")
+    return path
+
+
 @dataclass(frozen=True)
 class ResourceConfig:
+    """A resource in sdplite's format: one device per file its globs match."""
+
     name: str
     paths: tuple[str, ...]
     count: int = 1
     mount: bool = False
     permissions: str = "rw"
+    container_path: str = ""
 
     @property
     def socket_name(self) -> str:
-        return "sdplite-" + self.name.replace("/", "_") + ".sock"
+        return socket_name(self.name)
+
+
+@dataclass(frozen=True)
+class GroupResource:
+    """A resource of :mod:`sdplite.discovery` groups (generic-device-plugin's format)."""
+
+    name: str
+    groups: tuple[Group, ...]
+
+    @property
+    def socket_name(self) -> str:
+        return socket_name(self.name)
+
+
+Resource = Union[ResourceConfig, GroupResource]
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    resources: tuple[ResourceConfig, ...]
+    resources: tuple[Resource, ...]
     plugin_dir: Optional[str] = None
     interval: float = 5.0
     metrics_port: Optional[int] = None
     cdi: bool = False
+    metrics_host: str = ""
+    log_level: Optional[int] = None
 
 
 def _resource(raw: Any, where: str) -> ResourceConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f'{where} must be an object like {{"name": ..., "paths": [...]}}')
-    unknown = set(raw) - {"name", "paths", "count", "mount", "permissions"}
+    unknown = set(raw) - {"name", "paths", "count", "mount", "permissions", "container_path"}
     if unknown:
         raise ConfigError(
             f"{where} has unknown field(s) {sorted(unknown)}: allowed are name, paths, "
-            f"count, mount, permissions"
+            f"count, mount, permissions, container_path"
         )
     name = raw.get("name")
     if not isinstance(name, str):
@@ -99,12 +142,17 @@ def _resource(raw: Any, where: str) -> ResourceConfig:
         raise ConfigError(
             f'{where}.permissions must be letters from r, w, m such as "rw" (got {permissions!r})'
         )
-    return ResourceConfig(name, tuple(paths), count, mount, permissions)
+    container_path = raw.get("container_path", "")
+    if not isinstance(container_path, str) or (container_path and not os.path.isabs(container_path)):
+        raise ConfigError(
+            f'{where}.container_path must be an absolute path such as "/dev/serial/" (got {container_path!r})'
+        )
+    return ResourceConfig(name, tuple(paths), count, mount, permissions, container_path)
 
 
 def parse_config(raw: Any) -> ServeConfig:
     if not isinstance(raw, dict):
-        raise ConfigError('the configuration must be a JSON object with a "resources" list')
+        raise ConfigError('the configuration must be an object with a "resources" list')
     unknown = set(raw) - {"resources", "plugin_dir", "interval", "metrics_port", "cdi"}
     if unknown:
         raise ConfigError(
@@ -139,17 +187,6 @@ def parse_config(raw: Any) -> ServeConfig:
     return ServeConfig(parsed, plugin_dir, float(interval), metrics_port, cdi)
 
 
-def load_config(path: str) -> ServeConfig:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = json.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    return parse_config(raw)
-
-
 class GlobDevices:
     """``get_devices`` for one resource: the files its globs match, health by existence.
 
@@ -157,28 +194,40 @@ class GlobDevices:
     kubelet's capacity does not jump around when a device blinks.
     """
 
-    def __init__(self, config: ResourceConfig) -> None:
+    def __init__(self, config: ResourceConfig, root: str = "/") -> None:
         self.config = config
+        self.root = root
         self._seen: dict[str, None] = {}  # ordered set of paths ever matched
         self._empty_warned = False
 
+    def update(self, config: ResourceConfig) -> None:
+        """Follow a new configuration of the same resource (paths seen before are forgotten)."""
+        self.config = config
+        self._seen = {}
+        self._empty_warned = False
+
     def _device_ids(self, path: str) -> list[str]:
-        base = path.strip("/").replace("/", "_")
+        base = device_id(path)
         if self.config.count == 1:
             return [base]
         return [f"{base}-{share}" for share in range(self.config.count)]
 
+    def _allocation(self, path: str) -> dict[str, Any]:
+        target = self.config.container_path or path
+        if target.endswith("/"):
+            target += os.path.basename(path)
+        if self.config.mount:
+            return {"mounts": [Mount(path, target, read_only="w" not in self.config.permissions)]}
+        return {"nodes": [DeviceNode(path, target, self.config.permissions)]}
+
     def __call__(self) -> list[Device]:
         for pattern in self.config.paths:
-            for path in sorted(glob.glob(pattern)):
+            for path in glob_paths(pattern, self.root):
                 self._seen.setdefault(path, None)
         devices = []
         for path in self._seen:
-            present = os.path.exists(path)
-            if self.config.mount:
-                extra: dict[str, Any] = {"mounts": [Mount(path, read_only=False)]}
-            else:
-                extra = {"nodes": [DeviceNode(path, path, self.config.permissions)]}
+            present = os.path.exists(os.path.join(self.root, path.lstrip("/")))
+            extra = self._allocation(path)
             devices += [Device(i, healthy=present, **extra) for i in self._device_ids(path)]
         self._warn_if_empty(devices)
         return devices
@@ -197,3 +246,15 @@ class GlobDevices:
             self.config.name,
             cut_list(self.config.paths),
         )
+
+
+def device_id(path: str) -> str:
+    """A device ID for a path: readable, and two paths never share one.
+
+    ``/`` becomes ``_``; a ``_`` or ``:`` already in the path is written
+    ``:_`` / ``::``, so ``/c/a_b`` (``c_a:_b``) and ``/c/a/b`` (``c_a_b``) stay
+    apart. Only characters a CDI device name may hold are added, so
+    ``--cdi`` can name every device of an ordinary path.
+    """
+    escaped = path.strip("/").replace(":", "::").replace("_", ":_")
+    return escaped.replace("/", "_")
