@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 
 from sdplite.wire.handlers import Method
@@ -82,8 +83,25 @@ class TestClient:
         # Keep the events even if the answer cannot go out (a server that
         # sends GOAWAY and closes may make this flush fail).
         self.events.extend(events)
-        self.flush()
+        try:
+            self.flush()
+        except OSError:
+            # The server closed after sending this batch: what it sent before
+            # closing (its GOAWAY, say) may still wait unread in the socket.
+            self._read_rest()
+            raise
         return events
+
+    def _read_rest(self) -> None:
+        """Take in whatever the server sent before it closed, ignoring errors."""
+        try:
+            while True:
+                data = self.receive_bytes()
+                if not data:
+                    return
+                self.events.extend(self.h2.receive_data(data))
+        except (OSError, h2.exceptions.ProtocolError):
+            return
 
     def read_until(self, predicate: Callable[[Any], bool]) -> Any:
         """Read until an event matching ``predicate`` arrives; return it."""
