@@ -25,6 +25,7 @@ import h2.settings
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 
+from sdplite import registration
 from sdplite.wire import Channel, Server, unary
 
 from conftest import wait_until
@@ -184,3 +185,24 @@ def _quiet(fn: Any, *args: Any) -> None:
         fn(*args)
     except Exception:
         pass
+
+
+def test_a_stop_ends_the_register_thread_waiting_for_a_silent_kubelet(
+    sock_dir: str, monkeypatch: Any, baseline: Callable[[], None]
+) -> None:
+    """The Register thread waits for SETTINGS that never come: closing the attempt ends
+    that wait at once, so the thread ends after stop rather than at its connect timeout."""
+    monkeypatch.setattr(registration, "CONNECT_TIMEOUT", 600.0)  # only the stop can end the wait
+    scene = Scene("registration-in-progress", sock_dir)
+    try:
+        plugin = scene.plugin().start()
+        scene.provoke()
+        assert any(t.name.startswith("sdplite-register-") for t in threading.enumerate())
+        returns(plugin.stop)
+        wait_until(
+            lambda: not any(t.name.startswith("sdplite-register-") for t in threading.enumerate()),
+            what="the Register thread to end after stop",
+        )
+    finally:
+        scene.close()
+    baseline()
