@@ -235,6 +235,8 @@ class Controller:
             shutdown = Shutdown(STOP_GRACE)
             self._stop(shutdown)
             shutdown.report(log, f"{self.name}: restart")
+            if self._interrupted:  # the process began to stop meanwhile: do not start again
+                return float("inf")
         if not self._serving:
             retry_at = max(serving.retry_at for serving in self.servings)
             if now < retry_at:
