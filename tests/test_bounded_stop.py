@@ -25,8 +25,9 @@ import h2.settings
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 
-from sdplite import registration
+from sdplite import lifecycle, registration, supervisor
 from sdplite.wire import Channel, Server, unary
+from sdplite.wire.shutdown import Shutdown
 
 from conftest import wait_until
 from echo_service import ECHO, Hub, serve_sdplite
@@ -70,7 +71,7 @@ def test_plugin_stop_returns_in_every_state(
             assert "still running after 1.0 s" in lines[0] and STATES[state] in lines[0], lines
         else:
             assert lines == [], lines
-        assert not os.path.exists(os.path.join(sock_dir, "stuck.sock"))
+        assert not any(os.path.exists(path) for path in plugin.controller.socket_paths())
     finally:
         scene.close()
     baseline()  # once let go, the abandoned user code ends and nothing else is left
@@ -205,4 +206,37 @@ def test_a_stop_ends_the_register_thread_waiting_for_a_silent_kubelet(
         )
     finally:
         scene.close()
+    baseline()
+
+
+def test_a_stop_during_a_restarts_stop_counts_its_grace_from_the_stop(
+    sock_dir: str, monkeypatch: Any, baseline: Callable[[], None]
+) -> None:
+    """The supervisor's thread is inside a restart's stop (waiting for a deaf list_and_watch)
+    when the stop comes: the stop's deadline is fixed then, not after the restart's wait,
+    so the two waits overlap instead of adding up to twice the grace."""
+    events: list[str] = []
+
+    def spying(kind: str) -> type:
+        class Spy(Shutdown):
+            def __init__(self, grace: float) -> None:
+                super().__init__(grace)
+                events.append(f"{kind} deadline set")
+
+            def report(self, logger: logging.Logger, who: str) -> None:
+                events.append(f"{kind} reported")
+                super().report(logger, who)
+
+        return Spy
+
+    monkeypatch.setattr(supervisor, "Shutdown", spying("stop"))
+    monkeypatch.setattr(lifecycle, "Shutdown", spying("restart"))
+    scene = Scene("stop-during-a-restarts-stop", sock_dir)
+    try:
+        plugin = scene.plugin().start()
+        scene.provoke()  # the restart's stop now waits for list_and_watch
+        returns(plugin.stop)
+    finally:
+        scene.close()
+    assert events == ["restart deadline set", "stop deadline set", "restart reported", "stop reported"]
     baseline()
