@@ -25,7 +25,9 @@ import h2.settings
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 
-from sdplite import lifecycle, registration, supervisor
+from sdplite import Watch, build, lifecycle, registration, supervisor
+from sdplite.supervisor import BackgroundRunner
+from sdplite.testing import KubeletEmulator
 from sdplite.wire import Channel, Server, unary
 from sdplite.wire.shutdown import Shutdown
 
@@ -239,4 +241,54 @@ def test_a_stop_during_a_restarts_stop_counts_its_grace_from_the_stop(
     finally:
         scene.close()
     assert events == ["restart deadline set", "stop deadline set", "restart reported", "stop reported"]
+    baseline()
+
+
+class HangingRefresh:
+    """refresh() hangs from its second call on (a restart's start) until released."""
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def list_and_watch(self, watch: Watch) -> None:
+        watch.send(["d0"])
+        watch.wait()
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        if self.refreshes > 1:
+            self.entered.set()
+            self.release.wait()
+
+
+def test_a_hung_refresh_during_a_restart_holds_up_neither_the_plugin_nor_the_others(
+    sock_dir: str, caplog: Any, baseline: Callable[[], None]
+) -> None:
+    """Two plugins under one supervisor: the first's refresh() hangs on its restart. That
+    plugin still serves and registers again (with a WARNING), the second keeps answering
+    and restarts too, and the stop names the hung hook once."""
+    caplog.set_level(logging.INFO, logger="sdplite")
+    hung = HangingRefresh()
+    emulator = KubeletEmulator(sock_dir).start()
+    first = build("example.com/first", "first.sock", hung, plugin_dir=sock_dir)
+    second = build("example.com/second", "second.sock", lambda: ["s0"], plugin_dir=sock_dir)
+    runner = BackgroundRunner([first, second])
+    try:
+        emulator.wait_for_devices("example.com/first", count=1, timeout=30)
+        emulator.wait_for_devices("example.com/second", count=1, timeout=30)
+        first.restart("the test")
+        assert hung.entered.wait(30)
+        assert emulator.allocate("example.com/second", ["s0"]) is not None  # still served
+        second.restart("the test")
+        emulator.wait_for_registration("example.com/second", count=2, timeout=30)
+        emulator.wait_for_registration("example.com/first", count=2, timeout=30)
+        assert "refresh() has not returned after 2 s" in caplog.text
+        returns(runner.stop)
+        lines = still_running_lines(caplog.text)
+        assert len(lines) == 1 and "the refresh() hook" in lines[0], lines
+    finally:
+        hung.release.set()
+        runner.stop()
+        emulator.stop()
     baseline()
