@@ -48,7 +48,7 @@ class Hooks:
             return
         if not self._interrupted:
             self._wake.wait(REFRESH_WAIT)
-        if self._busy():
+        if self._busy() and not self._interrupted:  # (a stop names it in its own line)
             log.warning(
                 "%s: refresh() has not returned after %.0f s; serving and registering without waiting "
                 "for it (no hook is called again until it returns)",

@@ -243,6 +243,8 @@ class Controller:
                 return retry_at
             if not self._start(now):
                 return max(now + START_RETRY, *(serving.retry_at for serving in self.servings))
+            if self._interrupted:  # a stop cut the start's waits short: register no more
+                return float("inf")
         wake_at = now + IDLE_STEP if recheck_at is None else recheck_at
         wake_at = min(wake_at, self.service.step(now))
         was_registered = self.registered.is_set()
