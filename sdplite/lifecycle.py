@@ -235,12 +235,16 @@ class Controller:
             shutdown = Shutdown(STOP_GRACE)
             self._stop(shutdown)
             shutdown.report(log, f"{self.name}: restart")
+            if self._interrupted:  # the process began to stop meanwhile: do not start again
+                return float("inf")
         if not self._serving:
             retry_at = max(serving.retry_at for serving in self.servings)
             if now < retry_at:
                 return retry_at
             if not self._start(now):
                 return max(now + START_RETRY, *(serving.retry_at for serving in self.servings))
+            if self._interrupted:  # a stop cut the start's waits short: register no more
+                return float("inf")
         wake_at = now + IDLE_STEP if recheck_at is None else recheck_at
         wake_at = min(wake_at, self.service.step(now))
         was_registered = self.registered.is_set()

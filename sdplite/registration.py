@@ -45,6 +45,8 @@ log = logging.getLogger("sdplite")
 
 #: How long to wait for Register: the kubelet's dial-back alone may take 10 s.
 REGISTER_TIMEOUT = 30.0
+#: How long to wait for the kubelet's HTTP/2 SETTINGS (a stop cuts the wait short).
+CONNECT_TIMEOUT = 5.0
 #: The pause after a failed Register: doubled after each failure up to the cap.
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
@@ -127,7 +129,8 @@ class RegisterAttempt:
 
     def run(self) -> None:
         try:
-            channel = Channel(self.kubelet_socket, connect_timeout=min(self.timeout, 5.0))
+            connect_timeout = min(self.timeout, CONNECT_TIMEOUT)
+            channel = Channel(self.kubelet_socket, connect_timeout=connect_timeout, wait_ready=False)
             with self._lock:
                 self._channel = channel
                 closed = self._closed
@@ -135,6 +138,7 @@ class RegisterAttempt:
                 channel.close()
                 raise GrpcError(StatusCode.CANCELLED, "registration abandoned")
             try:
+                channel.wait_ready()  # close() ends this wait at once (a silent kubelet)
                 channel.unary(paths.REGISTER, self.request, pb.Empty, timeout=self.timeout)
             finally:
                 channel.close()

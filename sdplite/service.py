@@ -40,8 +40,9 @@ from .devices import (
     split_device_list,
 )
 from .feed import DeviceFeed
+from .hooks import Hooks
 from .impl import has_hook
-from .logtext import cut, cut_list, cut_traceback
+from .logtext import cut, cut_list
 from .wire import GrpcError, Method, ResponseStream, ServerContext, StatusCode
 from .wire import server_streaming as streaming_method
 from .wire import unary as unary_method
@@ -618,12 +619,13 @@ class DevicePluginService:
         self.impl = impl
         self.state = state
         self.feed = feed
+        self.hooks = Hooks(impl, self.name, feed.label)
 
     def methods(self, stream_ended: Callable[[ServerContext], None]) -> list[Method[Any]]:
         return device_plugin_methods(self.impl, self.state, stream_ended)
 
     def started(self) -> None:
-        self._call_hook("refresh")
+        self.hooks.refresh()
         self.feed.start()
 
     def stopping(self) -> None:
@@ -632,7 +634,7 @@ class DevicePluginService:
 
     def stopped(self, shutdown: Shutdown) -> None:
         self.feed.stop(shutdown)
-        self._call_hook("destroy")
+        self.hooks.destroy(shutdown)
 
     def step(self, now: float) -> float:
         return self.feed.step(now)
@@ -658,16 +660,12 @@ class DevicePluginService:
 
     def interrupt(self) -> None:
         self.feed.interrupt()
+        self.hooks.interrupt()
 
     def resume(self) -> None:
         self.feed.resume()
+        self.hooks.resume()
 
     def shutdown(self, shutdown: Shutdown) -> None:
         self.feed.shutdown(shutdown)
-
-    def _call_hook(self, name: str) -> None:
-        if has_hook(self.impl, name):
-            try:
-                getattr(self.impl, name)()
-            except Exception as exc:
-                log.error("%s: %s() raised\n%s", self.name, name, cut_traceback(exc))
+        self.hooks.join(shutdown)

@@ -72,6 +72,8 @@ class Supervisor:
             self._close()
             raise
         self._stop = threading.Event()
+        #: The deadline of the stop, fixed when it was asked for (see stop()).
+        self._shutdown: Optional[Shutdown] = None
         dirs = sorted({d for c in controllers for d in c.directories()})
         self._watches = {d: DirWatch(d) for d in dirs}
         self._closed = False
@@ -88,7 +90,13 @@ class Supervisor:
             pass  # already awake, or closed
 
     def stop(self) -> None:
-        """Stop (any thread, or a signal handler): :meth:`run` returns within ``STOP_GRACE``."""
+        """Stop (any thread, or a signal handler): :meth:`run` returns within ``STOP_GRACE``.
+
+        The grace counts from now, even if the loop's thread is busy with a
+        restart's stop: its waits end by their own deadline, and what is left
+        of this stop's grace is all the stop gets."""
+        if self._shutdown is None:
+            self._shutdown = Shutdown(STOP_GRACE)
         self._stop.set()
         for controller in list(self.controllers):
             controller.interrupt()
@@ -173,7 +181,7 @@ class Supervisor:
             with self._changes_lock:
                 self._finished = True
                 pending, self._changes = self._changes, []  # adds never started; removes stop below
-            shutdown = Shutdown(STOP_GRACE)  # one deadline for every plugin
+            shutdown = self._shutdown or Shutdown(STOP_GRACE)  # one deadline for every plugin
             for controller in self.controllers:
                 controller.shutdown(shutdown)
             for controller in self.controllers:

@@ -25,7 +25,11 @@ import h2.settings
 import pytest
 from google.protobuf.wrappers_pb2 import BytesValue
 
+from sdplite import Watch, build, lifecycle, registration, supervisor
+from sdplite.supervisor import BackgroundRunner
+from sdplite.testing import KubeletEmulator
 from sdplite.wire import Channel, Server, unary
+from sdplite.wire.shutdown import Shutdown
 
 from conftest import wait_until
 from echo_service import ECHO, Hub, serve_sdplite
@@ -69,7 +73,7 @@ def test_plugin_stop_returns_in_every_state(
             assert "still running after 1.0 s" in lines[0] and STATES[state] in lines[0], lines
         else:
             assert lines == [], lines
-        assert not os.path.exists(os.path.join(sock_dir, "stuck.sock"))
+        assert not any(os.path.exists(path) for path in plugin.controller.socket_paths())
     finally:
         scene.close()
     baseline()  # once let go, the abandoned user code ends and nothing else is left
@@ -184,3 +188,107 @@ def _quiet(fn: Any, *args: Any) -> None:
         fn(*args)
     except Exception:
         pass
+
+
+def test_a_stop_ends_the_register_thread_waiting_for_a_silent_kubelet(
+    sock_dir: str, monkeypatch: Any, baseline: Callable[[], None]
+) -> None:
+    """The Register thread waits for SETTINGS that never come: closing the attempt ends
+    that wait at once, so the thread ends after stop rather than at its connect timeout."""
+    monkeypatch.setattr(registration, "CONNECT_TIMEOUT", 600.0)  # only the stop can end the wait
+    scene = Scene("registration-in-progress", sock_dir)
+    try:
+        plugin = scene.plugin().start()
+        scene.provoke()
+        assert any(t.name.startswith("sdplite-register-") for t in threading.enumerate())
+        returns(plugin.stop)
+        wait_until(
+            lambda: not any(t.name.startswith("sdplite-register-") for t in threading.enumerate()),
+            what="the Register thread to end after stop",
+        )
+    finally:
+        scene.close()
+    baseline()
+
+
+def test_a_stop_during_a_restarts_stop_counts_its_grace_from_the_stop(
+    sock_dir: str, monkeypatch: Any, baseline: Callable[[], None]
+) -> None:
+    """The supervisor's thread is inside a restart's stop (waiting for a deaf list_and_watch)
+    when the stop comes: the stop's deadline is fixed then, not after the restart's wait,
+    so the two waits overlap instead of adding up to twice the grace."""
+    events: list[str] = []
+
+    def spying(kind: str) -> type:
+        class Spy(Shutdown):
+            def __init__(self, grace: float) -> None:
+                super().__init__(grace)
+                events.append(f"{kind} deadline set")
+
+            def report(self, logger: logging.Logger, who: str) -> None:
+                events.append(f"{kind} reported")
+                super().report(logger, who)
+
+        return Spy
+
+    monkeypatch.setattr(supervisor, "Shutdown", spying("stop"))
+    monkeypatch.setattr(lifecycle, "Shutdown", spying("restart"))
+    scene = Scene("stop-during-a-restarts-stop", sock_dir)
+    try:
+        plugin = scene.plugin().start()
+        scene.provoke()  # the restart's stop now waits for list_and_watch
+        returns(plugin.stop)
+    finally:
+        scene.close()
+    assert events == ["restart deadline set", "stop deadline set", "restart reported", "stop reported"]
+    baseline()
+
+
+class HangingRefresh:
+    """refresh() hangs from its second call on (a restart's start) until released."""
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def list_and_watch(self, watch: Watch) -> None:
+        watch.send(["d0"])
+        watch.wait()
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        if self.refreshes > 1:
+            self.entered.set()
+            self.release.wait()
+
+
+def test_a_hung_refresh_during_a_restart_holds_up_neither_the_plugin_nor_the_others(
+    sock_dir: str, caplog: Any, baseline: Callable[[], None]
+) -> None:
+    """Two plugins under one supervisor: the first's refresh() hangs on its restart. That
+    plugin still serves and registers again (with a WARNING), the second keeps answering
+    and restarts too, and the stop names the hung hook once."""
+    caplog.set_level(logging.INFO, logger="sdplite")
+    hung = HangingRefresh()
+    emulator = KubeletEmulator(sock_dir).start()
+    first = build("example.com/first", "first.sock", hung, plugin_dir=sock_dir)
+    second = build("example.com/second", "second.sock", lambda: ["s0"], plugin_dir=sock_dir)
+    runner = BackgroundRunner([first, second])
+    try:
+        emulator.wait_for_devices("example.com/first", count=1, timeout=30)
+        emulator.wait_for_devices("example.com/second", count=1, timeout=30)
+        first.restart("the test")
+        assert hung.entered.wait(30)
+        assert emulator.allocate("example.com/second", ["s0"]) is not None  # still served
+        second.restart("the test")
+        emulator.wait_for_registration("example.com/second", count=2, timeout=30)
+        emulator.wait_for_registration("example.com/first", count=2, timeout=30)
+        assert "refresh() has not returned after 2 s" in caplog.text
+        returns(runner.stop)
+        lines = still_running_lines(caplog.text)
+        assert len(lines) == 1 and "the refresh() hook" in lines[0], lines
+    finally:
+        hung.release.set()
+        runner.stop()
+        emulator.stop()
+    baseline()

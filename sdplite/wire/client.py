@@ -206,7 +206,10 @@ class Channel:
     """A connection to a gRPC server on a Unix socket, shared by many calls.
 
     ``connect_timeout`` bounds both the socket connect and the wait for the
-    server's SETTINGS frame, as grpc-go's blocking dial does.
+    server's SETTINGS frame, as grpc-go's blocking dial does. With
+    ``wait_ready=False`` the constructor returns once connected and the
+    caller waits with :meth:`wait_ready`, which another thread's
+    :meth:`close` ends at once (a stop need not wait out a silent server).
     """
 
     def __init__(
@@ -216,11 +219,12 @@ class Channel:
         connect_timeout: float = 10.0,
         authority: str = "localhost",
         max_receive_message: int = DEFAULT_MAX_MESSAGE,
+        wait_ready: bool = True,
     ) -> None:
         self.path = path
         self.max_receive_message = max_receive_message
         self._authority = authority.encode("ascii")
-        deadline = time.monotonic() + connect_timeout
+        self._ready_by = time.monotonic() + connect_timeout
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(connect_timeout)
@@ -233,10 +237,17 @@ class Channel:
         self._conn = Connection(sock, protocol, name=path)
         self._conn.locked(protocol.h2.initiate_connection)
         self._conn.start_reading(f"sdplite-client-{path}")
-        if not protocol.ready.wait(max(0.0, deadline - time.monotonic())) or protocol.closed:
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for the server's SETTINGS until ``connect_timeout`` has passed since the
+        constructor; raise UNAVAILABLE (and close) if they do not come or :meth:`close` was called."""
+        protocol = self._protocol
+        if not protocol.ready.wait(max(0.0, self._ready_by - time.monotonic())) or protocol.closed:
             reason = protocol.close_reason or "no SETTINGS frame from the server in time"
             self.close()
-            raise GrpcError(StatusCode.UNAVAILABLE, f"cannot connect to {path}: {reason}")
+            raise GrpcError(StatusCode.UNAVAILABLE, f"cannot connect to {self.path}: {reason}")
 
     def __enter__(self) -> Channel:
         return self
