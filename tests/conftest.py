@@ -73,6 +73,42 @@ def thread_count() -> int:
     return threading.active_count()
 
 
+def open_fds() -> frozenset[tuple[int, str]]:
+    """This process's open fds, each with what it refers to (``socket:[inode]``, a path...)."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+        except OSError:  # closed meanwhile, like listdir's own fd
+            pass
+    return frozenset(found)
+
+
+class Snapshot:
+    """The threads and fds alive now, to find those that appear later and stay.
+
+    Comparing sets, not counts: a thread or fd of an earlier test that ends
+    meanwhile cannot hide one that leaked, nor fail an exact count.
+    """
+
+    def __init__(self) -> None:
+        self.threads = frozenset(threading.enumerate())
+        self.fds = open_fds()
+
+    def new(self) -> list[str]:
+        """The threads and fds alive now that were not at the snapshot."""
+        threads = [f"thread {t.name}" for t in threading.enumerate() if t not in self.threads]
+        return threads + [f"fd {fd} -> {target}" for fd, target in sorted(open_fds() - self.fds)]
+
+    def wait_until_back(self, timeout: float = 10.0) -> None:
+        """Wait until every thread and fd that appeared since the snapshot is gone."""
+        deadline = time.monotonic() + timeout
+        while self.new():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still there after {timeout}s: {self.new()}")
+            time.sleep(0.01)
+
+
 @pytest.fixture
 def baseline() -> Callable[[], None]:
     """Returns a check that thread and fd counts are back to where the test began."""
