@@ -11,7 +11,22 @@ from typing import Any, Callable
 
 import pytest
 
-from echo_service import GrpcioClient, GrpcioServer, Hub, SdpliteClient, serve_sdplite, socket_dir
+# grpcio (a test peer) lives in this process, and on Python 3.9 subprocess
+# starts children with fork(), which runs grpcio's fork handlers: they start
+# a poller thread in the child, which sees the fds closed before exec and
+# can kill the child before it runs its program (a Popen that "succeeded"
+# but never started). 3.10+ use vfork, which runs no fork handlers. Must be
+# set before grpc is first imported (below, through echo_service).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from echo_service import (  # noqa: E402
+    GrpcioClient,
+    GrpcioServer,
+    Hub,
+    SdpliteClient,
+    serve_sdplite,
+    socket_dir,
+)
 
 
 @pytest.fixture
