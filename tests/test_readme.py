@@ -68,10 +68,16 @@ def test_fixture_snippet_passes_under_pytest(tmp_path: object) -> None:
     assert "1 passed" in result.stdout
 
 
-def test_transport_snippet_prints_the_answer() -> None:
-    result = subprocess.run([sys.executable, "-c", PYTHON[3]], capture_output=True, text=True, timeout=60)
+def test_transport_snippet_prints_the_answer(sock_dir: str) -> None:
+    """Run where its relative socket path is ours alone: at a fixed path such as
+    /tmp/hello.sock, two runs at once (CI runs two suites side by side) collide
+    (EADDRINUSE)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PYTHON[3]], capture_output=True, text=True, timeout=60, cwd=sock_dir
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello node\n"
+    assert os.listdir(sock_dir) == [], "the server left its socket file behind"
 
 
 def test_serve_snippet_registers(sock_dir: str) -> None:
