@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -78,6 +79,25 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+def copy_of_the_project(destination: str) -> str:
+    """The project's files (tracked and new, not ignored) copied to ``destination``.
+
+    For builds and installs: setuptools builds in the source tree (build/,
+    *.egg-info), so two at once in one checkout (CI runs two suites side by
+    side) break each other ("Directory not empty: build/bdist...").
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        source = os.path.join(root, name)
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(os.path.join(destination, name)), exist_ok=True)
+            shutil.copy2(source, os.path.join(destination, name))
+    return destination
 
 
 def fd_count() -> int:

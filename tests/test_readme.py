@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import textwrap
 import pytest
 
 from sdplite.testing import KubeletEmulator
+
+from conftest import copy_of_the_project
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
@@ -86,15 +87,7 @@ def test_serve_snippet_registers(sock_dir: str) -> None:
 
 def test_demo_command_works_from_a_fresh_copy(tmp_path: object) -> None:
     """The first set-up command, verbatim, in a copy of the tracked files (its own .venv)."""
-    copy = os.path.join(str(tmp_path), "clone")
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in files:
-        source = os.path.join(ROOT, name)
-        if os.path.isfile(source):
-            os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
-            shutil.copy2(source, os.path.join(copy, name))
+    copy = copy_of_the_project(os.path.join(str(tmp_path), "clone"))
     result = subprocess.run(["bash", "-c", SHELL[0]], cwd=copy, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, textwrap.shorten(result.stdout + result.stderr, 3000)
     assert "registered again" in result.stdout and result.stdout.rstrip().endswith("done.")
