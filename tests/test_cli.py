@@ -46,7 +46,12 @@ class Lines:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # fail, but leave no process behind for the next tests
+            self.proc.wait()
+            raise
         self._thread.join(5)
         return code
 
