@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,22 @@ from typing import Any, Callable
 
 import pytest
 
-from echo_service import GrpcioClient, GrpcioServer, Hub, SdpliteClient, serve_sdplite, socket_dir
+# grpcio (a test peer) lives in this process, and on Python 3.9 subprocess
+# starts children with fork(), which runs grpcio's fork handlers: they start
+# a poller thread in the child, which sees the fds closed before exec and
+# can kill the child before it runs its program (a Popen that "succeeded"
+# but never started). 3.10+ use vfork, which runs no fork handlers. Must be
+# set before grpc is first imported (below, through echo_service).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from echo_service import (  # noqa: E402
+    GrpcioClient,
+    GrpcioServer,
+    Hub,
+    SdpliteClient,
+    serve_sdplite,
+    socket_dir,
+)
 
 
 @pytest.fixture
@@ -65,12 +81,67 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def copy_of_the_project(destination: str) -> str:
+    """The project's files (tracked and new, not ignored) copied to ``destination``.
+
+    For builds and installs: setuptools builds in the source tree (build/,
+    *.egg-info), so two at once in one checkout (CI runs two suites side by
+    side) break each other ("Directory not empty: build/bdist...").
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        source = os.path.join(root, name)
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(os.path.join(destination, name)), exist_ok=True)
+            shutil.copy2(source, os.path.join(destination, name))
+    return destination
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
 def thread_count() -> int:
     return threading.active_count()
+
+
+def open_fds() -> frozenset[tuple[int, str]]:
+    """This process's open fds, each with what it refers to (``socket:[inode]``, a path...)."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+        except OSError:  # closed meanwhile, like listdir's own fd
+            pass
+    return frozenset(found)
+
+
+class Snapshot:
+    """The threads and fds alive now, to find those that appear later and stay.
+
+    Comparing sets, not counts: a thread or fd of an earlier test that ends
+    meanwhile cannot hide one that leaked, nor fail an exact count.
+    """
+
+    def __init__(self) -> None:
+        self.threads = frozenset(threading.enumerate())
+        self.fds = open_fds()
+
+    def new(self) -> list[str]:
+        """The threads and fds alive now that were not at the snapshot."""
+        threads = [f"thread {t.name}" for t in threading.enumerate() if t not in self.threads]
+        return threads + [f"fd {fd} -> {target}" for fd, target in sorted(open_fds() - self.fds)]
+
+    def wait_until_back(self, timeout: float = 10.0) -> None:
+        """Wait until every thread and fd that appeared since the snapshot is gone."""
+        deadline = time.monotonic() + timeout
+        while self.new():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still there after {timeout}s: {self.new()}")
+            time.sleep(0.01)
 
 
 @pytest.fixture

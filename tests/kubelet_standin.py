@@ -206,7 +206,19 @@ class GrpcioKubelet:
     def wait(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
         with self.cond:
             if not self.cond.wait_for(predicate, timeout):
-                raise AssertionError(f"kubelet stand-in: timed out after {timeout}s waiting for {what}")
+                raise AssertionError(
+                    f"kubelet stand-in: timed out after {timeout}s waiting for {what} ({self._summary()})"
+                )
+
+    def _summary(self) -> str:
+        """What the stand-in has seen so far, for a failure message (lock held)."""
+        registered = [r.resource_name for r in self.registrations]
+        streams = {
+            name: f"{len(e.lists)} lists, last {[(d.ID, d.health) for d in e.devices]}, "
+            f"ended: {e.stream_ended}"
+            for name, e in self.endpoints.items()
+        }
+        return f"registrations {registered}, refusals {self.refusals}, streams {streams}"
 
     def wait_for_registration(self, resource: str, count: int = 1, timeout: float = 20.0) -> Endpoint:
         self.wait(

@@ -46,14 +46,22 @@ class Lines:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # fail, but leave no process behind for the next tests
+            self.proc.wait()
+            raise
         self._thread.join(5)
         return code
 
 
-def start(*args: str, env: Optional[dict[str, str]] = None) -> Lines:
+def start(*args: str, env: Optional[dict[str, str]] = None, sigint_ignored: bool = False) -> Lines:
+    """Run ``sdplite ARGS``; ``sigint_ignored`` starts it as a non-interactive shell's
+    background job (``cmd &`` in a script) does: with SIGINT ignored."""
+    prefix = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"] if sigint_ignored else []
     proc = subprocess.Popen(
-        [*SDPLITE, *args],
+        [*prefix, *SDPLITE, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -295,7 +303,7 @@ def test_inspect_an_sdplite_plugin(sock_dir: str) -> None:
     assert "device  /dev/null -> /dev/d0 (rw)" in result.stdout
 
 
-def test_inspect_a_grpcio_plugin_as_json_and_follow(sock_dir: str) -> None:
+def test_inspect_a_grpcio_plugin_as_json(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "g.sock")
     plugin = GrpcioDevicePlugin(path, ["g0", "g1"])
     try:
@@ -310,13 +318,28 @@ def test_inspect_a_grpcio_plugin_as_json_and_follow(sock_dir: str) -> None:
         assert lines[0]["options"] == {"pre_start_required": True, "get_preferred_allocation_available": True}
         assert [d["ID"] for d in lines[1]["devices"]["devices"]] == ["g0", "g1"]
         assert lines[2]["allocate"]["container_responses"][0]["envs"] == {"GRPCIO_DEVICES": "g0,g1"}
-        follow = start("inspect", path, "--follow")
+    finally:
+        plugin.stop()
+
+
+@pytest.mark.parametrize(
+    "sigint_ignored", [False, True], ids=["sigint-as-inherited", "sigint-ignored-by-parent"]
+)
+def test_inspect_follow_prints_updates_until_sigint(sock_dir: str, sigint_ignored: bool) -> None:
+    """Ctrl-C (SIGINT) ends --follow with 130, also when the parent started it with
+    SIGINT ignored, as a script's or CI job's ``cmd &`` does (Python then has no
+    KeyboardInterrupt handler of its own: this hung under a backgrounded pytest)."""
+    path = os.path.join(sock_dir, "g.sock")
+    plugin = GrpcioDevicePlugin(path, ["g0", "g1"])
+    try:
+        follow = start("inspect", path, "--follow", sigint_ignored=sigint_ignored)
         try:
             follow.wait_for("devices: 2")
             plugin.set_health("g1", "Unhealthy")
             follow.wait_for("Unhealthy")
         finally:
-            follow.stop(signal.SIGINT)
+            code = follow.stop(signal.SIGINT)
+        assert code == 130, follow.lines
     finally:
         plugin.stop()
 

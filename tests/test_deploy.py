@@ -19,6 +19,8 @@ from kubernetes import client
 from sdplite.cli.serve_config import GroupResource, parse_config
 from sdplite.cli.serve_load import parse_any
 
+from conftest import copy_of_the_project
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
 MODELS = {("apps/v1", "DaemonSet"): "V1DaemonSet", ("v1", "ConfigMap"): "V1ConfigMap"}
@@ -116,6 +118,7 @@ def test_dockerfile_steps_give_a_working_sdplite_without_pip(tmp_path: Any) -> N
     usr_local = os.path.join(str(tmp_path), "usr-local")
     venv.create(usr_local, with_pip=True)
     bin_dir = os.path.join(usr_local, "bin")
+    context = copy_of_the_project(os.path.join(str(tmp_path), "context"))  # builds there, not in the checkout
     mapped = {
         "/wheels": os.path.join(str(tmp_path), "wheels"),
         "/install": os.path.join(str(tmp_path), "install"),
@@ -127,7 +130,7 @@ def test_dockerfile_steps_give_a_working_sdplite_without_pip(tmp_path: Any) -> N
             command = re.sub(re.escape(path) + r"\b", there, command)
         result = subprocess.run(
             ["bash", "-c", command],
-            cwd=ROOT,
+            cwd=context,
             capture_output=True,
             text=True,
             timeout=600,

@@ -85,8 +85,11 @@ def test_health_example_goes_unhealthy_and_healthy_again(kubelet: GrpcioKubelet,
         kubelet.wait_for_devices(resource, lambda d: all(x.health == "Healthy" for x in d))
         envs = kubelet.allocate(resource, ["gpu-0", "gpu-2"]).container_responses[0].envs
         assert dict(envs) == {"VISIBLE_GPUS": "gpu-0,gpu-2"}
-    finally:
-        out = finish(proc)
+    except BaseException:
+        out = finish(proc)  # printed: pytest shows it with the failure
+        print(f"health.py's output (exit status {proc.returncode}, -9 if killed here):\n{out}")
+        raise
+    out = finish(proc)
     assert "gpu-1 is now Unhealthy" in out and "gpu-1 is now Healthy" in out
 
 

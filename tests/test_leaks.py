@@ -15,7 +15,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
 from sdplite.wire import Channel, GrpcError, Server, StatusCode, unary
 
-from conftest import fd_count, thread_count, wait_until
+from conftest import Snapshot, wait_until
 from echo_service import ECHO, HANG, WATCH, Hub, serve_sdplite
 from raw_h2 import grpc_frame, request_headers
 
@@ -23,15 +23,13 @@ HERE = os.path.dirname(__file__)
 
 
 def _running_baseline(server: Server) -> Callable[[], None]:
-    """Counts of a started, idle server; the returned check waits to get back to them."""
-    threads, fds = thread_count(), fd_count()
+    """The threads and fds of a started, idle server; the returned check waits until
+    every thread and fd that appeared since is gone (see conftest.Snapshot)."""
+    snapshot = Snapshot()
 
     def check() -> None:
         wait_until(lambda: server.connection_count == 0, what="connections to close")
-        wait_until(
-            lambda: thread_count() == threads and fd_count() == fds,
-            what=f"threads {thread_count()} -> {threads}, fds {fd_count()} -> {fds}",
-        )
+        snapshot.wait_until_back()
 
     return check
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import textwrap
 import pytest
 
 from sdplite.testing import KubeletEmulator
+
+from conftest import copy_of_the_project
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
@@ -68,10 +69,16 @@ def test_fixture_snippet_passes_under_pytest(tmp_path: object) -> None:
     assert "1 passed" in result.stdout
 
 
-def test_transport_snippet_prints_the_answer() -> None:
-    result = subprocess.run([sys.executable, "-c", PYTHON[3]], capture_output=True, text=True, timeout=60)
+def test_transport_snippet_prints_the_answer(sock_dir: str) -> None:
+    """Run where its relative socket path is ours alone: at a fixed path such as
+    /tmp/hello.sock, two runs at once (CI runs two suites side by side) collide
+    (EADDRINUSE)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PYTHON[3]], capture_output=True, text=True, timeout=60, cwd=sock_dir
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello node\n"
+    assert os.listdir(sock_dir) == [], "the server left its socket file behind"
 
 
 def test_serve_snippet_registers(sock_dir: str) -> None:
@@ -80,15 +87,7 @@ def test_serve_snippet_registers(sock_dir: str) -> None:
 
 def test_demo_command_works_from_a_fresh_copy(tmp_path: object) -> None:
     """The first set-up command, verbatim, in a copy of the tracked files (its own .venv)."""
-    copy = os.path.join(str(tmp_path), "clone")
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in files:
-        source = os.path.join(ROOT, name)
-        if os.path.isfile(source):
-            os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
-            shutil.copy2(source, os.path.join(copy, name))
+    copy = copy_of_the_project(os.path.join(str(tmp_path), "clone"))
     result = subprocess.run(["bash", "-c", SHELL[0]], cwd=copy, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, textwrap.shorten(result.stdout + result.stderr, 3000)
     assert "registered again" in result.stdout and result.stdout.rstrip().endswith("done.")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 from ..version import VERSION
@@ -32,10 +35,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra:  # reported with the subcommand's usage, not the top level's
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        code: int = args.run(args)
+        with _sigint_interrupts():
+            code: int = args.run(args)
     except KeyboardInterrupt:
         return 130
     return code
+
+
+@contextlib.contextmanager
+def _sigint_interrupts() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, even if we were started with it ignored.
+
+    A background job of a non-interactive shell (``sdplite inspect --follow &``
+    in a script or a CI job) starts with SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler: ``kill -INT`` would not stop
+    ``inspect --follow``, whose only way to end is Ctrl-C. (``sdplite kubelet``
+    and ``sdplite serve`` install their own handlers inside this.) The
+    previous handler comes back afterwards; off the main thread, where
+    handlers cannot be set, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 def plain(docstring: str) -> str:
