@@ -9,6 +9,7 @@ info, and the API-server side against the test API server.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -624,6 +625,27 @@ def test_an_unwritable_cdi_directory_fails_the_claim_with_the_reason(
             or "FileExistsError" in response.claims[uid].error
         )
         assert p.prepared_claims == [], "a failed claim is not checkpointed: the kubelet's retry prepares it"
+
+
+def test_a_cdi_spec_that_cannot_be_removed_fails_unprepare_with_a_warning(
+    plugin: dra.DRAPlugin, api: FakeAPIServer, sock_dir: str, caplog: Any
+) -> None:
+    """The kubelet gets the reason and retries; the log says which claim and why, like every refusal."""
+    uid = api.add_claim("default", "c", DRIVER, [("gpu", "gpu-0")])
+    prepare(plugin.service_path, [("default", uid, "c")])
+    (name,) = os.listdir(os.path.join(sock_dir, "cdi"))
+    path = os.path.join(sock_dir, "cdi", name)
+    os.unlink(path)
+    os.mkdir(path)  # unlink(2) refuses a directory
+    with caplog.at_level(logging.WARNING, logger="sdplite"):
+        error = unprepare(plugin.service_path, [("default", uid, "c")]).claims[uid].error
+    assert error.startswith("removing its CDI spec:"), error
+    assert plugin.prepared_claims == [uid], "kept, so the kubelet's retry can finish it"
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"cannot unprepare claim default/c ({uid}): removing its CDI spec" in line for line in lines
+    ), lines
+    os.rmdir(path)
 
 
 def test_a_slice_publisher_thread_left_hanging_by_stop_stays_stopped_after_a_restart() -> None:
