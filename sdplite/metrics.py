@@ -38,6 +38,10 @@ log = logging.getLogger("sdplite")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: Seconds a scraper may take to send its request or read the answer; a connection
+#: that sends nothing is closed after this, so its thread and socket do not stay forever.
+REQUEST_TIMEOUT = 30.0
+
 #: (name, type, help) of every family, in the order they are written.
 FAMILIES = (
     ("sdplite_devices", "gauge", "Devices advertised to the kubelet (replicas counted), by health."),
@@ -151,6 +155,8 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT
+
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
                 path = self.path.split("?", 1)[0]
                 plugins = server.snapshot()

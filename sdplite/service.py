@@ -541,11 +541,30 @@ def device_plugin_methods(
     preferred_hook = impl.get_preferred_allocation if has_hook(impl, "get_preferred_allocation") else None
     if preferred_hook is None and replicas is not None:
         preferred_hook = replicas.preferred
+    pre_start = _pre_start_method(impl, name)
+
+    allocate_method = allocate if stats is None else _counted(allocate, stats)
+    methods = [
+        unary_method(paths.GET_DEVICE_PLUGIN_OPTIONS, get_options, pb.Empty),
+        streaming_method(paths.LIST_AND_WATCH, list_and_watch, pb.Empty, latest_only=True),
+        unary_method(paths.ALLOCATE, allocate_method, pb.AllocateRequest),
+        unary_method(paths.PRE_START_CONTAINER, pre_start, pb.PreStartContainerRequest),
+    ]
+    if preferred_hook is not None:
+        preferred = _preferred_method(preferred_hook, name)
+        methods.append(unary_method(paths.GET_PREFERRED_ALLOCATION, preferred, pb.PreferredAllocationRequest))
+    return methods
+
+
+def _preferred_method(
+    preferred_hook: Callable[[list[str], list[str], int], Any], name: str
+) -> Callable[[pb.PreferredAllocationRequest, ServerContext], pb.PreferredAllocationResponse]:
+    """GetPreferredAllocation through ``preferred_hook``, logged as one INFO line."""
+    enabled = log.isEnabledFor
 
     def preferred(
         request: pb.PreferredAllocationRequest, context: ServerContext
     ) -> pb.PreferredAllocationResponse:
-        assert preferred_hook is not None
         response = pb.PreferredAllocationResponse()
         chosen: list[list[str]] = []
         try:
@@ -577,6 +596,15 @@ def device_plugin_methods(
             )
         return response
 
+    return preferred
+
+
+def _pre_start_method(
+    impl: Any, name: str
+) -> Callable[[pb.PreStartContainerRequest, ServerContext], pb.PreStartContainerResponse]:
+    """PreStartContainer through the author's ``pre_start_container`` (if any), logged as one INFO line."""
+    enabled = log.isEnabledFor
+
     def pre_start(
         request: pb.PreStartContainerRequest, context: ServerContext
     ) -> pb.PreStartContainerResponse:
@@ -592,16 +620,7 @@ def device_plugin_methods(
             log.info("%s: PreStartContainer %s done", name, _containers_text([request.devices_ids]))
         return pb.PreStartContainerResponse()
 
-    allocate_method = allocate if stats is None else _counted(allocate, stats)
-    methods = [
-        unary_method(paths.GET_DEVICE_PLUGIN_OPTIONS, get_options, pb.Empty),
-        streaming_method(paths.LIST_AND_WATCH, list_and_watch, pb.Empty, latest_only=True),
-        unary_method(paths.ALLOCATE, allocate_method, pb.AllocateRequest),
-        unary_method(paths.PRE_START_CONTAINER, pre_start, pb.PreStartContainerRequest),
-    ]
-    if preferred_hook is not None:
-        methods.append(unary_method(paths.GET_PREFERRED_ALLOCATION, preferred, pb.PreferredAllocationRequest))
-    return methods
+    return pre_start
 
 
 #: At most this many unhealthy devices (with their reasons) are listed per plugin in its status.

@@ -56,8 +56,11 @@ class Supervisor:
             raise ValueError("give at least one plugin to run")
         controllers = [p.controller for p in plugins]
         paths = [path for c in controllers for path in c.socket_paths()]
-        if len(set(paths)) != len(paths):
-            raise ValueError(f"two plugins share a socket path: {paths}")
+        shared = sorted({path for path in paths if paths.count(path) > 1})
+        if shared:
+            raise ValueError(
+                f"two plugins share the socket path(s) {shared}: give each plugin its own socket name"
+            )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

@@ -26,18 +26,19 @@ DEPLOY = os.path.join(ROOT, "deploy")
 MODELS = {("apps/v1", "DaemonSet"): "V1DaemonSet", ("v1", "ConfigMap"): "V1ConfigMap"}
 
 
-def manifests() -> list[dict[str, Any]]:
+def manifests(directory: str = DEPLOY) -> list[dict[str, Any]]:
+    """The documents of ``directory``'s manifests (kustomization.yaml apart)."""
     documents = []
-    for path in sorted(glob.glob(os.path.join(DEPLOY, "*.yaml"))):
+    for path in sorted(glob.glob(os.path.join(directory, "*.yaml"))):
         if os.path.basename(path) != "kustomization.yaml":
             with open(path) as handle:
                 documents += [d for d in yaml.safe_load_all(handle) if d]
     return documents
 
 
-def _typed(document: dict[str, Any]) -> Any:
+def typed(document: dict[str, Any], models: dict[tuple[str, str], str] = MODELS) -> Any:
     """Deserialise into the API model; serialising it back must give the same document."""
-    model = MODELS[(document["apiVersion"], document["kind"])]
+    model = models[(document["apiVersion"], document["kind"])]
     api = client.ApiClient()
     # The client's own deserialiser (its public wrapper's signature differs across versions).
     obj = api._ApiClient__deserialize(document, model)
@@ -49,7 +50,7 @@ def _typed(document: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize("document", manifests(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
 def test_manifests_match_the_api_schema(document: dict[str, Any]) -> None:
-    _typed(document)
+    typed(document)
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -63,7 +64,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_daemonset_is_least_privilege_and_probed() -> None:
-    daemonset = next(_typed(d) for d in manifests() if d["kind"] == "DaemonSet")
+    daemonset = next(typed(d) for d in manifests() if d["kind"] == "DaemonSet")
     pod = daemonset.spec.template.spec
     container = pod.containers[0]
     security = container.security_context
@@ -204,7 +205,7 @@ def test_metrics_and_cdi_are_wired_through_the_daemonset() -> None:
     """The config turns both on; the pod exposes and announces the metrics port and mounts the CDI dir."""
     configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
     config = parse_config(json.loads(configmap["data"]["serve.json"]))
-    daemonset = next(_typed(d) for d in manifests() if d["kind"] == "DaemonSet")
+    daemonset = next(typed(d) for d in manifests() if d["kind"] == "DaemonSet")
     template = daemonset.spec.template
     container = template.spec.containers[0]
     (port,) = [p for p in container.ports if p.name == "metrics"]

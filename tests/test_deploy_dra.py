@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 from dra_support import DRIVER, GPUS, api_server, make_plugin
-from kubernetes import client
+from test_deploy import manifests as deploy_manifests
+from test_deploy import typed as typed_as
 
 from sdplite import Device
 from sdplite.api import dra_v1_pb2 as v1
@@ -35,22 +36,11 @@ RESOURCES = {
 
 
 def manifests() -> list[dict[str, Any]]:
-    documents = []
-    for path in sorted(glob.glob(os.path.join(DEPLOY, "*.yaml"))):
-        if os.path.basename(path) != "kustomization.yaml":
-            with open(path) as handle:
-                documents += [d for d in yaml.safe_load_all(handle) if d]
-    return documents
+    return deploy_manifests(DEPLOY)
 
 
 def typed(document: dict[str, Any]) -> Any:
-    model = MODELS[(document["apiVersion"], document["kind"])]
-    api = client.ApiClient()
-    obj = api._ApiClient__deserialize(document, model)  # the client's own deserialiser
-    assert api.sanitize_for_serialization(obj) == document, (
-        f"{document['kind']}: fields {model} does not know"
-    )
-    return obj
+    return typed_as(document, MODELS)
 
 
 def one(kind: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from state_support import watched
 
 from sdplite import Device, DeviceListError
 from sdplite.api import deviceplugin_pb2 as pb
@@ -15,25 +16,6 @@ from sdplite.devices import (
 )
 from sdplite.service import DeviceState
 from sdplite.wire.framing import DEFAULT_MAX_MESSAGE
-
-
-class Watcher:
-    """Stands in for a ListAndWatch stream: keeps what it is sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, message: bytes) -> bool:
-        self.sent.append(message)
-        return True
-
-
-def watched(devices: list[Device]) -> tuple[DeviceState, Watcher]:
-    state = DeviceState("example.com/x")
-    state.publish(devices)
-    watcher = Watcher()
-    state.watch(watcher)  # type: ignore[arg-type]
-    return state, watcher
 
 
 def test_a_health_change_sends_exactly_the_full_encoding_of_the_new_list() -> None:

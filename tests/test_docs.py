@@ -169,20 +169,25 @@ def test_program_blocks_register_and_stop_on_sigterm(block: Block, sock_dir: str
 # -- pytest examples ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("block", PYTEST, ids=[b.name for b in PYTEST])
-def test_pytest_blocks_pass_under_pytest(block: Block, tmp_path: Any) -> None:
-    path = os.path.join(str(tmp_path), "test_guide_example.py")
+def passes_under_pytest(code: str, directory: str, file_name: str) -> None:
+    """Run ``code`` as the test file ``file_name`` in its own pytest; it must pass, and run something."""
+    path = os.path.join(directory, file_name)
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(block.code)
+        handle.write(code)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
-        cwd=str(tmp_path),
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\b\d+ passed\b", result.stdout) and "failed" not in result.stdout
+
+
+@pytest.mark.parametrize("block", PYTEST, ids=[b.name for b in PYTEST])
+def test_pytest_blocks_pass_under_pytest(block: Block, tmp_path: Any) -> None:
+    passes_under_pytest(block.code, str(tmp_path), "test_guide_example.py")
 
 
 # -- what the guide says about commands and options --------------------------------------------

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 from typing import Any
 
 import pytest
-from test_docs import Block, read_blocks
+from test_docs import Block, passes_under_pytest, read_blocks
 
 from sdplite.testing import DraTestbed
 
@@ -86,18 +85,7 @@ def test_program_blocks_register_and_stop_on_sigterm(block: Block, sock_dir: str
 
 @pytest.mark.parametrize("block", PYTEST, ids=[f"dra.md:{b.line}" for b in PYTEST])
 def test_pytest_blocks_pass_under_pytest(block: Block, tmp_path: Any) -> None:
-    path = os.path.join(str(tmp_path), "test_dra_example.py")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(block.code)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b\d+ passed\b", result.stdout) and "failed" not in result.stdout
+    passes_under_pytest(block.code, str(tmp_path), "test_dra_example.py")
 
 
 @pytest.mark.parametrize("block", SHELL, ids=[f"dra.md:{b.line}" for b in SHELL])

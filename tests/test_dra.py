@@ -9,6 +9,7 @@ info, and the API-server side against the test API server.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -624,3 +625,58 @@ def test_an_unwritable_cdi_directory_fails_the_claim_with_the_reason(
             or "FileExistsError" in response.claims[uid].error
         )
         assert p.prepared_claims == [], "a failed claim is not checkpointed: the kubelet's retry prepares it"
+
+
+def test_a_cdi_spec_that_cannot_be_removed_fails_unprepare_with_a_warning(
+    plugin: dra.DRAPlugin, api: FakeAPIServer, sock_dir: str, caplog: Any
+) -> None:
+    """The kubelet gets the reason and retries; the log says which claim and why, like every refusal."""
+    uid = api.add_claim("default", "c", DRIVER, [("gpu", "gpu-0")])
+    prepare(plugin.service_path, [("default", uid, "c")])
+    (name,) = os.listdir(os.path.join(sock_dir, "cdi"))
+    path = os.path.join(sock_dir, "cdi", name)
+    os.unlink(path)
+    os.mkdir(path)  # unlink(2) refuses a directory
+    with caplog.at_level(logging.WARNING, logger="sdplite"):
+        error = unprepare(plugin.service_path, [("default", uid, "c")]).claims[uid].error
+    assert error.startswith("removing its CDI spec:"), error
+    assert plugin.prepared_claims == [uid], "kept, so the kubelet's retry can finish it"
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"cannot unprepare claim default/c ({uid}): removing its CDI spec" in line for line in lines
+    ), lines
+    os.rmdir(path)
+
+
+def test_a_slice_publisher_thread_left_hanging_by_stop_stays_stopped_after_a_restart() -> None:
+    """stop() gives up on a hung request at its deadline; a later start() must not revive that
+    thread beside the new one (two threads would write the same slices)."""
+    import threading
+
+    from sdplite.dra.slices import SlicePublisher
+    from sdplite.wire.shutdown import Shutdown
+
+    release = threading.Event()
+    hung: list[threading.Thread] = []
+
+    class HangsOnce:
+        def get(self, path: str, **query: str) -> Any:
+            if not hung:
+                hung.append(threading.current_thread())
+                release.wait(30)
+            return {"metadata": {"uid": "node-uid"}, "items": []}
+
+        def post(self, path: str, body: Any) -> Any:
+            return body
+
+    publisher = SlicePublisher(HangsOnce(), "gpu.example.com", "node-a", lambda: [])  # type: ignore[arg-type]
+    publisher.start()
+    wait_until(lambda: bool(hung))
+    publisher.stop(Shutdown(0.1))  # gives up on the hung request
+    publisher.start()
+    try:
+        release.set()
+        hung[0].join(10)
+        assert not hung[0].is_alive(), "the abandoned thread went on publishing beside the new one"
+    finally:
+        publisher.stop(Shutdown(5.0))

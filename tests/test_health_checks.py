@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable
 
 import pytest
+from state_support import watched
 
 from sdplite import Device, build
 from sdplite.healthcheck import FAILURES, SUCCESSES, HealthCheck
@@ -23,23 +24,6 @@ from sdplite.stats import Stats
 from sdplite.testing import KubeletEmulator
 
 from conftest import wait_until
-
-
-class Watcher:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, message: bytes) -> bool:
-        self.sent.append(message)
-        return True
-
-
-def watched(devices: list[Device]) -> tuple[DeviceState, Watcher]:
-    state = DeviceState("example.com/x")
-    state.publish(devices)
-    watcher = Watcher()
-    state.watch(watcher)  # type: ignore[arg-type]
-    return state, watcher
 
 
 def health_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

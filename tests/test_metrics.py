@@ -140,6 +140,22 @@ def test_plugins_on_one_port_share_it(sock_dir: str) -> None:
             assert page.value("sdplite_devices", resource="example.com/b", health="Healthy") == 2
 
 
+def test_a_scraper_that_sends_nothing_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that never sends its request is closed after REQUEST_TIMEOUT (no thread, no fd kept)."""
+    import socket
+
+    from sdplite import metrics
+
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.2)
+    server = metrics.MetricsServer("127.0.0.1", 0)
+    silent = socket.create_connection(server.address, timeout=10.0)
+    try:
+        assert silent.recv(1) == b"", "the server should close a connection that sent nothing"
+    finally:
+        silent.close()
+        server.leave(None)
+
+
 def test_label_values_are_escaped_for_the_parser() -> None:
     from sdplite.metrics import render
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from state_support import watched
 
 from sdplite import Allocation, Device, DeviceListError, DeviceNode, Mount, build
 from sdplite.api import deviceplugin_pb2 as pb
@@ -116,20 +117,8 @@ def test_preferred_spreads_or_packs_across_physical_devices() -> None:
 # -- state: health of a physical device moves all its replicas at once ---------------------------
 
 
-class Watcher:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, message: bytes) -> bool:
-        self.sent.append(message)
-        return True
-
-
 def test_a_physical_devices_health_changes_all_replicas_in_one_push() -> None:
-    state = DeviceState("example.com/x", Replicas(4))
-    state.publish(GPUS)
-    watcher = Watcher()
-    state.watch(watcher)  # type: ignore[arg-type]
+    state, watcher = watched(GPUS, Replicas(4))
     assert state.set_health("gpu-1", False, "Xid 79: fell off the bus")
     assert len(watcher.sent) == 2, "one push for four replicas"
     sent = pb.ListAndWatchResponse.FromString(watcher.sent[-1])

@@ -358,3 +358,16 @@ def test_a_stale_plugin_socket_is_logged_and_sigterm_ends_with_a_stopped_line(so
     lines = output.splitlines()
     stopping = next(i for i, line in enumerate(lines) if "received SIGTERM: stopping" in line)
     assert any("stopped: example.com/x" in line for line in lines[stopping:]), output
+
+
+def test_two_plugins_on_one_socket_are_named_with_the_fix(sock_dir: str) -> None:
+    from sdplite.supervisor import Supervisor
+
+    first = build("example.com/a", "same.sock", lambda: ["a"], plugin_dir=sock_dir)
+    second = build("example.com/b", "same.sock", lambda: ["b"], plugin_dir=sock_dir)
+    other = build("example.com/c", "other.sock", lambda: ["c"], plugin_dir=sock_dir)
+    with pytest.raises(ValueError) as info:
+        Supervisor([first, other, second])
+    message = str(info.value)
+    assert os.path.join(sock_dir, "same.sock") in message and "other.sock" not in message
+    assert "its own socket name" in message

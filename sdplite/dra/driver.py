@@ -195,17 +195,19 @@ class Driver:
             try:
                 self.unprepare_hook(Claim(uid, done.namespace, done.name, devices))
             except Exception as exc:
-                why = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: cannot unprepare claim %s: %s", self.name, where, cut(why))
-                return why
+                return self._unprepare_failed(where, f"{type(exc).__name__}: {exc}")
         if self.cdi is not None:
             try:
                 self.cdi.remove(uid)
             except OSError as exc:
-                return f"removing its CDI spec: {exc}"
+                return self._unprepare_failed(where, f"removing its CDI spec: {exc}")
         self.checkpoint.remove(uid)
         log.info("%s: unprepared claim %s", self.name, where)
         return ""
+
+    def _unprepare_failed(self, where: str, why: str) -> str:
+        log.warning("%s: cannot unprepare claim %s: %s", self.name, where, cut(why))
+        return why
 
 
 def _edits(devices: Sequence[AllocatedDevice], answer: Any) -> list[tuple[str, Allocation]]:

@@ -183,10 +183,12 @@ class SlicePublisher:
     # -- the thread ------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stop.clear()
+        # A fresh event per run: a thread of an earlier run that outlived its stop's
+        # deadline (a request hanging) must not be woken into publishing beside this one.
+        self._stop = stop = threading.Event()
         self._changed.set()  # publish at once
         self._thread = threading.Thread(
-            target=self._run, name=f"sdplite-dra-slices-{self.driver}", daemon=True
+            target=self._run, args=(stop,), name=f"sdplite-dra-slices-{self.driver}", daemon=True
         )
         self._thread.start()
 
@@ -203,13 +205,13 @@ class SlicePublisher:
         thread, self._thread = self._thread, None
         (shutdown or Shutdown(5.0)).join(thread, "publishing ResourceSlices")
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         backoff = BACKOFF_FIRST
         wait = 0.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             self._changed.wait(wait)
             self._changed.clear()
-            if self._stop.is_set():
+            if stop.is_set():
                 return
             try:
                 self.sync()

@@ -92,15 +92,6 @@ class ClientProtocol(H2Protocol):
             self.settle(call, code, message)
             self.reset(call, h2.errors.ErrorCodes.CANCEL)
 
-    def on_events(self, events: list[Any]) -> list[Any]:
-        for event in events:
-            handler = self._handlers.get(type(event))
-            if handler is not None:
-                handler(self, event)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self.lose(f"peer sent GOAWAY ({error_name(event.error_code)})")
-        return []
-
     def _on_headers(self, event: Any) -> None:
         call = self.calls.get(event.stream_id)
         if call is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import h2.config
@@ -169,10 +169,19 @@ class H2Protocol:
             return []
         return self.on_events(events)
 
+    #: A side's handler per h2 event type, called as ``handler(self, event)``.
+    _handlers: dict[type, Callable[[Any, Any], None]] = {}
+
     def on_events(self, events: list[Any]) -> list[Any]:
-        """Handle a batch of h2 events; return the calls now ready to run."""
+        """Handle a batch of h2 events through :attr:`_handlers`; a GOAWAY ends the connection.
+
+        Returns the calls now ready to run (none here; the server side collects them).
+        """
         for event in events:
-            if isinstance(event, h2.events.ConnectionTerminated):
+            handler = self._handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
+            elif isinstance(event, h2.events.ConnectionTerminated):
                 self.lose(f"peer sent GOAWAY ({error_name(event.error_code)})")
         return []
 

@@ -175,12 +175,7 @@ class ServerProtocol(H2Protocol):
     def on_events(self, events: list[Any]) -> list[ServerCall]:
         ready: list[ServerCall] = []
         self._ready = ready
-        for event in events:
-            handler = self._handlers.get(type(event))
-            if handler is not None:
-                handler(self, event)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self.lose(f"peer sent GOAWAY ({error_name(event.error_code)})")
+        super().on_events(events)
         self._ready = []
         return ready
 
