@@ -220,6 +220,7 @@ class Controller:
             "socket": self.servings[-1].path,
             "registered": self.registered.is_set(),
             "error": self.fatal,
+            "stopping": self._stopping,
         }
 
     # -- the step ----------------------------------------------------------------

@@ -76,7 +76,11 @@ def check_status(path: str, max_age: float = 3 * HEARTBEAT) -> tuple[bool, str]:
 
 def judge(plugins: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
     """(healthy, why) for plugin statuses (as :class:`StatusFile` writes them): each
-    must be registered and watched. The status file's check and ``/healthz`` share it."""
+    must be registered and watched. The status file's check and ``/healthz`` share it.
+
+    A plugin that is stopping on purpose (``sdplite serve`` removing a resource on
+    reload) is leaving, not failing: it is left out of the judgement."""
+    plugins = [plugin for plugin in plugins if not plugin.get("stopping")]
     problems = []
     for plugin in plugins:
         name = plugin.get("resource")

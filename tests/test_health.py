@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+from sdplite.status_file import judge
 from sdplite.testing import KubeletEmulator
 
 from conftest import wait_until
@@ -56,3 +57,24 @@ def test_health_follows_registration_streams_and_liveness(sock_dir: str) -> None
             proc.kill()
             proc.wait()
         kubelet.stop()
+
+
+def test_a_plugin_stopping_on_purpose_is_not_counted_as_a_failure() -> None:
+    # `sdplite serve` removing a resource on reload: while it stops it is no longer
+    # registered, but the process is healthy as long as the others are.
+    serving = {
+        "resource": "example.com/a",
+        "registered": True,
+        "streams": 1,
+        "error": None,
+        "stopping": False,
+    }
+    leaving = {
+        "resource": "example.com/b",
+        "registered": False,
+        "streams": 0,
+        "error": None,
+        "stopping": True,
+    }
+    assert judge([serving, leaving]) == (True, "1 plugin(s) registered and watched")
+    assert judge([serving, {**leaving, "stopping": False}])[0] is False
