@@ -680,3 +680,30 @@ def test_a_slice_publisher_thread_left_hanging_by_stop_stays_stopped_after_a_res
         assert not hung[0].is_alive(), "the abandoned thread went on publishing beside the new one"
     finally:
         publisher.stop(Shutdown(5.0))
+
+
+def test_a_claim_unprepared_between_the_checkpoint_look_and_the_lock_is_read_again(tmp_path: Any) -> None:
+    # A rolling update's other instance unprepares the claim after prepare() saw it in the
+    # checkpoint and before it took the lock: the claim is read again, and an error says why.
+    from sdplite.dra.claims import Checkpoint, ClaimError
+    from sdplite.dra.devices import DeviceTable
+    from sdplite.dra.driver import Driver
+
+    class VanishingCheckpoint(Checkpoint):
+        looks = 0
+
+        def get(self, uid: str) -> Any:
+            self.looks += 1
+            return object() if self.looks == 1 else None  # prepared at the first look only
+
+    reads: list[str] = []
+
+    def read_claim(namespace: str, name: str) -> Any:
+        reads.append(name)
+        raise ClaimError(f"ResourceClaim {namespace}/{name} is gone")
+
+    checkpoint = VanishingCheckpoint(str(tmp_path / "checkpoint.json"))
+    driver = Driver(DRIVER, DeviceTable(DRIVER, pool=NODE), checkpoint, read_claim=read_claim)
+    result = driver.prepare([("default", "uid-1", "claim-1")])
+    assert reads == ["claim-1"]
+    assert result == {"uid-1": "ResourceClaim default/claim-1 is gone"}

@@ -131,7 +131,11 @@ class Driver:
                     return self._failed(where, f"re-creating its CDI spec: {exc}")
             log.info("%s: claim %s was already prepared: same answer", self.name, where)
             return done.devices
-        if isinstance(fetched, ClaimError) or fetched is None:
+        if fetched is None:
+            # It was prepared when the call began, then unprepared (say by the other
+            # instance of a rolling update) before we held the lock: read it now.
+            fetched = self._fetch(namespace, uid, name)
+        if isinstance(fetched, ClaimError):
             return self._failed(where, str(fetched))
         claim: Claim = fetched
         try:
