@@ -45,7 +45,7 @@ Check = Callable[[Device], Any]
 class _Track:
     """One device's run of results, and the check thread still running for it."""
 
-    __slots__ = ("failed", "passed", "unhealthy", "thread", "outcome")
+    __slots__ = ("failed", "passed", "unhealthy", "thread", "outcome", "timed_out")
 
     def __init__(self) -> None:
         self.failed = 0
@@ -54,6 +54,8 @@ class _Track:
         self.thread: Optional[threading.Thread] = None
         #: (reason, or None if it passed; kind), set when the check returns.
         self.outcome: Optional[tuple[Optional[str], str]] = None
+        #: The running check was already judged a timeout: its late result must not count again.
+        self.timed_out = False
 
     @property
     def running(self) -> bool:
@@ -158,6 +160,8 @@ class HealthCheck:
             state.forget(gone)
         for device_id, device in devices.items():
             track = self._tracks.setdefault(device_id, _Track())
+            if track.timed_out and not track.running:
+                track.thread, track.timed_out = None, False  # late, and already counted: check afresh
             if track.thread is None:
                 track.outcome = None
                 track.thread = thread = threading.Thread(target=self._check_one, args=(device, track))
@@ -192,6 +196,7 @@ class HealthCheck:
         reason: Optional[str]
         if track.running:
             reason, kind = f"check timed out after {self.timeout:g}s", "timeout"
+            track.timed_out = True
         else:
             track.thread = None
             reason, kind = track.outcome or ("check ended without a result", "error")

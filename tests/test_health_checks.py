@@ -241,3 +241,24 @@ def test_stop_is_bounded_with_a_check_that_hangs(sock_dir: str, caplog: pytest.L
         r.getMessage() for r in caplog.records if r.name == "sdplite" and "still running" in r.getMessage()
     ]
     assert len(ours) == 1 and "the health check of gpu-0" in ours[0], ours
+
+
+def test_a_check_that_returns_late_is_not_judged_twice() -> None:
+    # Round 1 counts the hung check as a timeout. Its late result must not count a second
+    # time in round 2: round 2 runs a fresh check and judges that one.
+    state, _ = watched([Device("a")])
+    state.stats = Stats()
+    script = Script()
+    script.outcome["a"] = "hang"
+    check = HealthCheck(script, timeout=0.2, failures=2, successes=1)
+    rounds(check, state, 1)
+    script.outcome["a"] = "false"
+    script.release.set()
+    hung = [t for t in threading.enumerate() if t.name == "sdplite-check-a"]
+    wait_until(lambda: not any(t.is_alive() for t in hung), what="the hung check to return")
+    rounds(check, state, 1)
+    assert script.calls == ["a", "a"]
+    assert state.get("a").reason == "check returned False (2 checks in a row)"  # type: ignore[union-attr]
+    counts = state.stats.counters()
+    assert counts[("health_check_failures", (("reason", "timeout"),))] == 1
+    assert counts[("health_check_failures", (("reason", "returned_false"),))] == 1
