@@ -194,8 +194,9 @@ class MetricsServer:
         with self._lock:
             self.plugins.append(plugin)
 
-    def leave(self, plugin: Any) -> bool:
-        """Remove ``plugin``; True when no plugin is left (then the server is closed)."""
+    def leave(self, plugin: Any, shutdown: Optional[Shutdown] = None) -> bool:
+        """Remove ``plugin``; True when no plugin is left (then the server is closed,
+        waiting for its thread no longer than ``shutdown``'s deadline)."""
         with self._lock:
             if plugin in self.plugins:
                 self.plugins.remove(plugin)
@@ -203,7 +204,10 @@ class MetricsServer:
         if empty:
             self._httpd.shutdown()
             self._httpd.server_close()
-            self._thread.join(5.0)
+            if shutdown is not None:
+                shutdown.join(self._thread, "the metrics server")
+            else:
+                self._thread.join(5.0)
         return empty
 
 
@@ -252,5 +256,5 @@ class MetricsFeature:
         if server is None:
             return
         with _servers_lock:
-            if server.leave(self.plugin) and _servers.get(self.key) is server:
+            if server.leave(self.plugin, shutdown) and _servers.get(self.key) is server:
                 del _servers[self.key]
