@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -155,6 +156,16 @@ def test_shared_gpu_example_replicas_health_checks_and_cdi(kubelet: GrpcioKubele
     assert "device gpu-1 is now Healthy: health check passed 2 times in a row" in out
 
 
+def accepts(path: str) -> bool:
+    """True once a Unix socket at ``path`` accepts connections."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def test_dra_example_beside_a_device_plugin_in_one_process(sock_dir: str) -> None:
     """examples/dra_gpu.py serves a DRA driver and a device plugin through ``sdplite.run(a, b)``:
     both register sockets, publish, SIGHUP restarts both, SIGTERM removes every socket and exits 0."""
@@ -186,7 +197,8 @@ def test_dra_example_beside_a_device_plugin_in_one_process(sock_dir: str) -> Non
         "DevicePlugin": os.path.join(registry, "gpu-dp.sock"),
     }
     try:
-        wait_until(lambda: all(map(os.path.exists, sockets.values())), 30, "both registration sockets")
+        # A socket file appears at bind(), a moment before listen(): wait until both accept.
+        wait_until(lambda: all(map(accepts, sockets.values())), 30, "both registration sockets")
         for kind, path in sockets.items():
             with Channel(path) as channel:
                 assert channel.unary(paths.GET_INFO, reg.InfoRequest(), reg.PluginInfo).type == kind
